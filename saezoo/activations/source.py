@@ -1,0 +1,42 @@
+"""What the trainer, evaluator and ``compare`` need from a stream of activations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from torch import Tensor
+
+
+@dataclass
+class GroundTruth:
+    """The true features of a synthetic source, for recovery metrics.
+
+    ``directions[f]`` is feature f's unit direction; ``parent[f]`` its parent feature
+    (-1 for none); ``kind[f]`` is "parent", "child" or "independent".
+    """
+
+    directions: Tensor
+    parent: Tensor
+    kind: list[str]
+
+
+class ActivationSource(Protocol):
+    """A deterministic stream of activation vectors (float32, CPU, ``[batch, d_in]``).
+
+    ``batches(batch_size, start)`` yields the training stream from batch number
+    ``start`` on, the same sequence for the same seed; a resumed run passes the number
+    of batches it already used. ``eval_activations(n_tokens)`` returns held-out
+    activations disjoint from the training stream. ``describe()`` is the JSON-able key
+    of the stream (stored in ``cfg.json`` and in cache manifests).
+    """
+
+    d_in: int
+    ground_truth: GroundTruth | None
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def batches(self, batch_size: int, start: int = 0) -> Iterator[Tensor]: ...
+
+    def eval_activations(self, n_tokens: int) -> Tensor: ...

@@ -1,0 +1,196 @@
+"""Run directories: ``cfg.json`` + ``sae.safetensors`` (+ ``state/`` for resume).
+
+Layout of a run directory::
+
+    cfg.json              architecture, its config, d_in, data source, saezoo version
+    sae.safetensors       weights for raw activations (normalisation folded in)
+    state/trainer.json    step, counters, curriculum state, ... (resume)
+    state/trainer.safetensors  training-space weights, optimiser moments, RNG state
+    metrics.json          the last evaluation
+    tb/                   TensorBoard events
+
+Every file is written to a temporary name and renamed, so a kill leaves the previous
+good file. Each safetensors file carries the sha256 of its tensors in its metadata and
+is checked on load. Weights are only ever read through safetensors: nothing a user hands
+us is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+import saezoo
+from saezoo import config as config_mod
+from saezoo.errors import UsageError
+from saezoo.sae import SAE
+
+FORMAT_VERSION = 1
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae.safetensors"
+METRICS_FILE = "metrics.json"
+STATE_DIR = "state"
+
+
+# --- atomic files ---------------------------------------------------------------------------
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` then rename ``tmp`` over ``path``: all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+
+
+def read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no {what} here") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: unreadable {what} ({exc})") from None
+
+
+# --- safetensors with a checksum ---------------------------------------------------------------
+
+
+def tensor_digest(tensors: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
+    meta = {**(metadata or {}), "sha256": tensor_digest(tensors)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, checksum verified."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: missing weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"{path}: corrupt or truncated safetensors file ({exc}); retrain or restore it") from None
+    expected = metadata.get("sha256")
+    if expected is not None and tensor_digest(tensors) != expected:
+        raise UsageError(f"{path}: checksum mismatch, the file was altered or damaged; retrain or restore it")
+    return tensors, metadata
+
+
+# --- SAEs -------------------------------------------------------------------------------------
+
+
+def run_header(architecture: str, d_in: int, run_dict: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+    """The contents of cfg.json."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "saezoo_version": saezoo.__version__,
+        "architecture": architecture,
+        "d_in": d_in,
+        "source": source,
+        **run_dict,
+    }
+
+
+def save_sae(run_dir: Path, sae: SAE) -> None:
+    save_tensors(Path(run_dir) / WEIGHTS_FILE, dict(sae.state_dict()), {"format": "saezoo"})
+
+
+def read_cfg(run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise UsageError(f"{run_dir}: no such run directory")
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: not a directory")
+    cfg = read_json(run_dir / CFG_FILE, "run config (cfg.json)")
+    if not isinstance(cfg, dict):
+        raise UsageError(f"{run_dir / CFG_FILE}: expected a JSON object")
+    version = cfg.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UsageError(
+            f"{run_dir / CFG_FILE}: checkpoint format {version!r} is not supported by saezoo "
+            f"{saezoo.__version__} (expects {FORMAT_VERSION})"
+        )
+    for key in ("architecture", "d_in", "sae"):
+        if key not in cfg:
+            raise UsageError(f"{run_dir / CFG_FILE}: missing field {key!r}")
+    return cfg
+
+
+def build_sae(architecture: str, d_in: int, sae_cfg: dict[str, Any] | Any) -> SAE:
+    """An SAE from its registered name and config (a dict is validated field by field)."""
+    from saezoo.plugins import get_plugins
+
+    cls = get_plugins().architectures.get(architecture)
+    if isinstance(sae_cfg, dict):
+        sae_cfg = config_mod.build(cls.Config, sae_cfg, "sae")
+    try:
+        return cls(d_in, sae_cfg)
+    except ValueError as exc:
+        raise UsageError(f"{architecture}: {exc}") from None
+
+
+def load_sae(run_dir: Path | str, device: str | torch.device = "cpu") -> tuple[SAE, dict[str, Any]]:
+    """Rebuild a saved SAE from ``cfg.json`` through the plugin registry."""
+    run_dir = Path(run_dir)
+    cfg = read_cfg(run_dir)
+    if not isinstance(cfg["d_in"], int) or cfg["d_in"] <= 0:
+        raise UsageError(f"{run_dir / CFG_FILE}: d_in must be a positive integer")
+    if not isinstance(cfg["sae"], dict):
+        raise UsageError(f"{run_dir / CFG_FILE}: 'sae' must be an object")
+    sae = build_sae(cfg["architecture"], cfg["d_in"], cfg["sae"])
+    tensors, _ = load_tensors(run_dir / WEIGHTS_FILE)
+    load_state(sae, tensors, run_dir / WEIGHTS_FILE)
+    return sae.to(device).eval(), cfg
+
+
+def load_state(sae: SAE, tensors: dict[str, Tensor], where: Path) -> None:
+    expected = sae.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise UsageError(
+            f"{where}: tensors do not match the architecture (missing: {', '.join(missing) or 'none'}; "
+            f"unexpected: {', '.join(unexpected) or 'none'})"
+        )
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise UsageError(
+                f"{where}: tensor {name} has shape {tuple(t.shape)}, the config implies {tuple(expected[name].shape)}"
+            )
+    sae.load_state_dict(tensors)

@@ -1,0 +1,273 @@
+"""The ``saezoo`` command line (typer).
+
+User errors print one line on stderr and exit 2 (see docs/errors.md); a run stopped by
+the non-finite guard exits 3; an interrupted run exits 130 after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+try:  # typer >= 0.20 vendors click; older releases use the click package
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
+
+from saezoo.errors import SaezooError, UsageError
+
+app = typer.Typer(
+    help="A zoo of sparse autoencoders: train, evaluate and compare them side by side.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# --- options shared by several commands ----------------------------------------------------------
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="A named configuration of the architecture (see `saezoo describe ARCH`).")]
+SourceOpt = Annotated[Optional[str], typer.Option("--source", help="model (a language model; the default) or synthetic.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Registered model name, hub id or local path.")]
+HookOpt = Annotated[Optional[str], typer.Option("--hook", help="Module to read activations from, e.g. model.layers.6.")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="Registered corpus name, hub id or local text files.")]
+ContextOpt = Annotated[Optional[int], typer.Option("--context-length", help="Tokens per context.")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps.")]
+TokensOpt = Annotated[Optional[int], typer.Option("--tokens", help="Training tokens (sets steps = tokens // batch size).")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Tokens per step.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of initialisation and data order.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N; default: CUDA when present.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML file with [train], [data], [sae], [curriculum] tables.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.field=value (bare field: sae.field). Repeatable.")]
+CurriculumOpt = Annotated[str, typer.Option("--curriculum", help="Curriculum strategy (see `saezoo list curricula`).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+@app.callback()
+def main_callback(
+    plugins_dir: Annotated[Optional[Path], typer.Option("--plugins-dir", help="Also load every *.py plugin file in this directory.")] = None,
+) -> None:
+    from saezoo import plugins
+
+    plugins.set_plugins_dir(plugins_dir)
+
+
+def _options(source, model, hook, dataset, context_length, steps, batch_size, seed, device) -> dict:
+    data = {"source": source, "model": model, "hook": hook, "dataset": dataset, "context_length": context_length}
+    train = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device}
+    return {
+        "data": {k: v for k, v in data.items() if v is not None},
+        "train": {k: v for k, v in train.items() if v is not None},
+    }
+
+
+def _prepare_out(out: Optional[Path], name: str) -> Path:
+    if out is None:
+        out = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (out / "cfg.json").exists():
+        raise UsageError(f"--out {out} already holds a run; resume it with --resume {out} or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create the directory ({exc.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"--out {out}: not writable")
+    return out
+
+
+@app.command()
+def train(
+    architecture: Annotated[Optional[str], typer.Argument(help="Architecture name (see `saezoo list architectures`).")] = None,
+    preset: PresetOpt = None,
+    source: SourceOpt = None,
+    model: ModelOpt = None,
+    hook: HookOpt = None,
+    dataset: DatasetOpt = None,
+    context_length: ContextOpt = None,
+    steps: StepsOpt = None,
+    tokens: TokensOpt = None,
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.field=value (bare field: sae.field). Repeatable.")] = None,
+    curriculum: CurriculumOpt = "constant",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default: runs/ARCH-TIME).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train one SAE and print its held-out metrics."""
+    from saezoo import checkpoint
+    from saezoo.activations.factory import build_source
+    from saezoo.config import resolve_run, run_from_dict
+    from saezoo.train import train as run_training
+
+    if resume is not None:
+        header = checkpoint.read_cfg(resume)
+        run = run_from_dict(header)
+        if architecture is not None and architecture != run.architecture:
+            raise UsageError(f"--resume {resume} is a {run.architecture!r} run, not {architecture!r}")
+        out_dir = resume
+    else:
+        if architecture is None:
+            raise UsageError("missing architecture: saezoo train ARCH (see `saezoo list architectures`)")
+        if steps is not None and tokens is not None:
+            raise UsageError("give --steps or --tokens, not both")
+        run = resolve_run(
+            architecture,
+            preset=preset,
+            curriculum=curriculum,
+            config_file=config,
+            options=_options(source, model, hook, dataset, context_length, steps, batch_size, seed, device),
+            sets=set_,
+            tokens=tokens,
+        )
+        out_dir = _prepare_out(out, architecture)
+    src = build_source(run.data, tokens=run.train.steps * run.train.batch_size, seed=run.train.seed)
+    metrics = run_training(run, out_dir, src, resume=resume is not None, progress=not quiet)
+    _print_metrics(metrics, title=f"{run.architecture} -> {out_dir}")
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `saezoo train`.")],
+    tokens: Annotated[Optional[int], typer.Option("--tokens", help="Held-out tokens to evaluate on (default: the run's eval_tokens).")] = None,
+    device: DeviceOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Evaluate a trained SAE on held-out activations of its own data source."""
+    from saezoo import checkpoint
+    from saezoo.activations.factory import build_source
+    from saezoo.config import run_from_dict
+    from saezoo.evaluate import evaluate_sae
+    from saezoo.train import resolve_device
+
+    sae, header = checkpoint.load_sae(run_dir)
+    run = run_from_dict(header)
+    if tokens is not None and tokens < 1:
+        raise UsageError(f"--tokens must be >= 1, got {tokens}")
+    dev = resolve_device(device or run.train.device)
+    src = build_source(run.data, tokens=0, seed=run.train.seed)
+    x = src.eval_activations(tokens or run.train.eval_tokens)
+    metrics = evaluate_sae(sae.to(dev), x.split(run.train.batch_size), src.ground_truth, dev)
+    checkpoint.write_json(Path(run_dir) / checkpoint.METRICS_FILE, metrics)
+    if as_json:
+        typer.echo(json.dumps(metrics, sort_keys=True))
+    else:
+        _print_metrics(metrics, title=str(run_dir))
+
+
+@app.command()
+def plugins() -> None:
+    """The installed plugins, where each comes from, its hooks and what it registers."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from saezoo.plugins import get_plugins
+
+    table = Table("plugin", "source", "hooks", "registers")
+    for row in get_plugins().describe():
+        registers = "; ".join(f"{k}: {', '.join(v)}" for k, v in row["registers"].items())
+        table.add_row(row["name"], row["source"], ", ".join(row["hooks"]), registers)
+    Console().print(table)
+
+
+@app.command("list")
+def list_(
+    kind: Annotated[Optional[str], typer.Argument(help="architectures, curricula, models, datasets or metrics (default: all).")] = None,
+) -> None:
+    """What can be named on the command line, with each entry's plugin and first doc line."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from saezoo.errors import unknown_name
+    from saezoo.plugins import KINDS, get_plugins
+
+    registries = get_plugins().registries
+    if kind is not None and kind not in KINDS:
+        raise unknown_name("kind", kind, KINDS)
+    console = Console()
+    for k in [kind] if kind else KINDS:
+        with_knobs = k in ("architectures", "curricula")
+        table = Table("name", "plugin", *(["knobs"] if with_knobs else []), "description", title=k)
+        for entry in sorted(registries[k].entries.values(), key=lambda e: e.name):
+            doc = _first_line(entry.obj)
+            presets = getattr(entry.obj, "presets", None)
+            if presets:
+                doc += f" [presets: {', '.join(['default', *presets])}]"
+            knobs = [", ".join(sorted(getattr(entry.obj, "knobs", ()) or ()))] if with_knobs else []
+            table.add_row(entry.name, entry.plugin, *knobs, doc)
+        console.print(table)
+
+
+@app.command()
+def describe(
+    name: Annotated[str, typer.Argument(help="An architecture or curriculum name.")],
+) -> None:
+    """Every setting of an architecture or curriculum, with its default and help."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from saezoo.config import describe_fields
+    from saezoo.errors import unknown_name
+    from saezoo.plugins import get_plugins
+
+    plugins = get_plugins()
+    if name in plugins.architectures:
+        obj, section = plugins.architectures.get(name), "sae"
+    elif name in plugins.curricula:
+        obj, section = plugins.curricula.get(name), "curriculum"
+    else:
+        raise unknown_name("architecture or curriculum", name, plugins.architectures.names() + plugins.curricula.names())
+    console = Console()
+    console.print(f"[bold]{name}[/bold]: {_first_line(obj)}")
+    table = Table("--set key", "type", "default", "help")
+    for field_name, type_name, default, doc in describe_fields(obj.Config):
+        table.add_row(f"{section}.{field_name}", type_name, repr(default), doc)
+    console.print(table)
+    for preset, sections in (getattr(obj, "presets", None) or {}).items():
+        settings = ", ".join(f"{s}.{k}={v!r}" for s, kv in sections.items() for k, v in kv.items())
+        console.print(f"preset [bold]{preset}[/bold]: {settings}")
+
+
+def _first_line(obj) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def _print_metrics(metrics: dict[str, float], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("metric", "value", title=title)
+    for name in sorted(metrics):
+        value = metrics[name]
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def main() -> None:
+    """Console entry point: one line on stderr and a meaningful exit code for every known error."""
+    try:
+        app(standalone_mode=False)
+    except SaezooError as exc:
+        print(f"saezoo: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click_exceptions.UsageError as exc:
+        print(f"saezoo: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except click_exceptions.Abort:
+        print("saezoo: aborted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("saezoo: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

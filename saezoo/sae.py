@@ -1,0 +1,132 @@
+"""The architecture contract every SAE variant implements.
+
+The trainer, evaluator, ``compare`` and export treat every variant alike through this
+surface; nothing architecture-specific lives in the core.
+
+A variant is an ``nn.Module`` subclass of :class:`SAE` with:
+
+* ``Config``: a dataclass whose defaults train well; field docstrings are the help.
+* ``encode(x) -> codes`` (``[..., width]``, non-negative, 0 = silent) and
+  ``decode(codes) -> x_hat``.
+* ``forward(x, knobs, dead_mask) -> SAEOutput``: ``losses`` holds every term; the
+  trainer minimises their sum and logs each by name.
+* ``latent_groups()``: how the codes split into tiers (a flat SAE has one group).
+
+Inputs seen in training are normalised (E‖x‖² = d_in); :meth:`SAE.fold_input_scale`
+folds that scale into the weights when the run is saved, so saved SAEs take raw
+activations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class SAEOutput(NamedTuple):
+    x_hat: Tensor
+    codes: Tensor
+    losses: dict[str, Tensor]
+
+
+# Knobs the trainer itself applies; an SAE declares the others it accepts in ``knobs``.
+TRAINER_KNOBS: frozenset[str] = frozenset({"lr_scale"})
+
+
+class SAE(nn.Module):
+    """Base class of every architecture. See the module docstring for the contract."""
+
+    Config: ClassVar[type]
+    #: Named configurations, each a dict of sections ``sae``/``train``/``data`` overrides.
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+    #: Curriculum knobs this architecture applies in ``forward`` (besides TRAINER_KNOBS).
+    knobs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, d_in: int, cfg: Any):
+        super().__init__()
+        if d_in <= 0:
+            raise ValueError(f"d_in must be positive, got {d_in}")
+        self.d_in = d_in
+        self.cfg = cfg
+
+    # --- the contract -------------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def decode(self, codes: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, knobs: dict[str, float] | None = None, dead_mask: Tensor | None = None) -> SAEOutput:
+        raise NotImplementedError
+
+    def decoder_directions(self) -> Tensor:
+        """The dictionary, ``[width, d_in]``: row j is latent j's decoder direction."""
+        raise NotImplementedError
+
+    def fold_input_scale(self, scale: float) -> None:
+        """Change the weights so that the SAE applied to raw ``x`` gives what it gave on
+        ``x * scale``, divided by ``scale``; codes are unchanged."""
+        raise NotImplementedError
+
+    # --- optional, with defaults that suit most variants -----------------------------
+    def latent_groups(self) -> list[tuple[str, int]]:
+        """Contiguous groups of the codes, as ``(name, size)``; they sum to ``width``."""
+        return [("all", self.width)]
+
+    @property
+    def width(self) -> int:
+        return int(self.decoder_directions().shape[0])
+
+    @torch.no_grad()
+    def init_from_data(self, sample: Tensor) -> None:
+        """Data-dependent initialisation from a sample of (normalised) activations."""
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Constraints applied after each optimiser step (e.g. unit-norm decoder rows)."""
+
+    def after_backward(self) -> None:
+        """Gradient surgery between backward and the optimiser step."""
+
+    def gradient_groups(self) -> dict[str, tuple[list[nn.Parameter], float | None]]:
+        """Parameters clipped together: name -> (params, max norm or None for the
+        trainer's ``grad_clip``). One group by default."""
+        return {"all": ([p for p in self.parameters() if p.requires_grad], None)}
+
+    def diagnostics(self) -> dict[str, float]:
+        """Extra scalars worth logging (importance weights, thresholds, ...)."""
+        return {}
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a clear message for an impossible config."""
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.cfg)
+
+
+def group_slices(sae: SAE) -> list[tuple[str, slice]]:
+    """``latent_groups`` as slices into the codes."""
+    out, start = [], 0
+    for name, size in sae.latent_groups():
+        out.append((name, slice(start, start + size)))
+        start += size
+    return out
+
+
+def unit_norm_rows_(weight: Tensor, eps: float = 1e-8) -> None:
+    """Rescale each row of ``weight`` to unit L2 norm, in place."""
+    weight.div_(weight.norm(dim=-1, keepdim=True).clamp_min(eps))
+
+
+def remove_parallel_grad_(weight: nn.Parameter) -> None:
+    """Drop the part of each row's gradient parallel to the row itself: with unit-norm
+    rows that component only changes the norm, which ``after_step`` undoes anyway
+    (Gao et al. 2024), and leaving it in disturbs Adam's moment estimates."""
+    if weight.grad is None:
+        return
+    w = weight.data
+    unit = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    weight.grad.sub_((weight.grad * unit).sum(-1, keepdim=True) * unit)

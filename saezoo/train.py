@@ -1,0 +1,428 @@
+"""The training loop.
+
+``train()`` trains one SAE; ``train_many()`` trains several on one activation stream
+(what ``saezoo compare`` uses): each batch is produced once and fed to every
+:class:`Trainee` in the same order. Everything per-SAE (optimiser, schedule,
+curriculum, dead-latent counters, logging, checkpoints) lives on the Trainee, so the
+loop itself reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+
+from saezoo import checkpoint as ckpt
+from saezoo.activations.source import ActivationSource
+from saezoo.config import RunConfig
+from saezoo.curriculum import Curriculum, check_compatible
+from saezoo.errors import SaezooError, TrainingDiverged, UsageError
+from saezoo.evaluate import evaluate_sae
+from saezoo.sae import SAE, group_slices
+
+# Tokens used to estimate the normalisation scale and initialise data-dependent weights.
+INIT_TOKENS = 16384
+
+
+class Interrupted(SaezooError):
+    """SIGINT/SIGTERM: a checkpoint was saved; the message says how to resume."""
+
+    exit_code = 130
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r}: not a device (use cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def lr_factor(step: int, total: int, warmup: int, shape: str, decay: str, decay_fraction: float) -> float:
+    """Multiplier of the peak learning rate at ``step``: warmup ramp, plateau, decay to 0."""
+    factor = 1.0
+    if warmup > 0 and step < warmup:
+        ramp = (step + 1) / warmup
+        factor = ramp**3 if shape == "cubic" else ramp
+    decay_start = int(total * (1 - decay_fraction))
+    if decay != "none" and step >= decay_start and total > decay_start:
+        progress = (step - decay_start) / (total - decay_start)
+        factor *= 1 - progress if decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+@dataclass
+class StepResult:
+    losses: dict[str, float]
+    finite: bool
+
+
+class Trainee:
+    """One SAE in training, with everything that is its own."""
+
+    def __init__(self, run: RunConfig, d_in: int, out_dir: Path, source_key: dict[str, Any], device: torch.device):
+        from saezoo.plugins import get_plugins
+
+        plugins = get_plugins()
+        self.run = run
+        self.cfg = run.train
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.source_key = source_key
+        sae_cls = plugins.architectures.get(run.architecture)
+        curriculum_cls = plugins.curricula.get(run.curriculum_name)
+        check_compatible(run.curriculum_name, curriculum_cls, run.architecture, sae_cls)
+        torch.manual_seed(run.train.seed)
+        self.sae: SAE = ckpt.build_sae(run.architecture, d_in, run.sae).to(device)
+        try:
+            self.curriculum: Curriculum = curriculum_cls(run.curriculum, run.train.steps, self.sae)
+        except ValueError as exc:
+            raise UsageError(f"curriculum {run.curriculum_name!r}: {exc}") from None
+        opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
+        self.opt = opt_cls(
+            self.sae.parameters(),
+            lr=self.cfg.lr,
+            betas=self.cfg.betas,
+            weight_decay=self.cfg.weight_decay if self.cfg.optimizer == "adamw" else 0.0,
+        )
+        self.groups = group_slices(self.sae)
+        self.tokens_since_fired = torch.zeros(self.sae.width, dtype=torch.long, device=device)
+        self.scale = 1.0
+        self.step = 0
+        self.nonfinite_total = 0
+        self.nonfinite_run = 0
+        self.last_checkpoint: int | None = None
+        self.stats: dict[str, float] = {}
+        self.writer: SummaryWriter | None = None
+        self.last_eval: dict[str, float] = {}
+        self.last_losses: dict[str, float] = {}
+        self.last_grad_norms: dict[str, float] = {}
+
+    # --- set-up ---------------------------------------------------------------------------
+    def start(self, sample: Tensor) -> None:
+        """Fresh run: normalisation scale, data-dependent init, cfg.json, step-0 checkpoint."""
+        if self.cfg.normalize:
+            self.scale = float(math.sqrt(sample.shape[1] / sample.double().pow(2).sum(-1).mean()))
+        self.sae.init_from_data(sample.to(self.device) * self.scale)
+        header = ckpt.run_header(self.run.architecture, self.sae.d_in, self.run.to_dict(), self.source_key)
+        ckpt.write_json(self.out_dir / ckpt.CFG_FILE, header)
+        self.open_writer()
+        self.save_checkpoint()
+
+    def resume(self) -> None:
+        state_dir = self.out_dir / ckpt.STATE_DIR
+        meta = ckpt.read_json(state_dir / "trainer.json", "trainer state")
+        tensors, _ = ckpt.load_tensors(state_dir / "trainer.safetensors")
+        ckpt.load_state(self.sae, {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, state_dir)
+        opt_state = {
+            "param_groups": meta["optimizer_param_groups"],
+            "state": {},
+        }
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, index, name = key.split(".", 2)
+                opt_state["state"].setdefault(int(index), {})[name] = value.to(self.device)
+        self.opt.load_state_dict(opt_state)
+        self.tokens_since_fired = tensors["tokens_since_fired"].to(self.device)
+        torch.set_rng_state(tensors["rng_cpu"])
+        if self.device.type == "cuda" and "rng_cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng_cuda"], self.device)
+        self.step = meta["step"]
+        self.scale = meta["scale"]
+        self.nonfinite_total = meta["nonfinite_total"]
+        self.nonfinite_run = meta["nonfinite_run"]
+        self.stats = meta["stats"]
+        self.curriculum.load_state_dict(meta["curriculum"])
+        self.last_checkpoint = self.step
+        self.open_writer()
+
+    def open_writer(self) -> None:
+        self.writer = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=self.step if self.step else None)
+
+    # --- one step -------------------------------------------------------------------------
+    def train_step(self, x: Tensor) -> StepResult:
+        cfg = self.cfg
+        x = x.to(self.device, non_blocking=True) * self.scale
+        knobs = self.curriculum.knobs_at(self.step, self.stats)
+        for group in self.opt.param_groups:
+            group["lr"] = cfg.lr * knobs.get("lr_scale", 1.0) * lr_factor(
+                self.step, cfg.steps, cfg.warmup_steps, cfg.warmup_shape, cfg.decay, cfg.decay_fraction
+            )
+        dead_mask = self.tokens_since_fired >= cfg.dead_after_tokens
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.autocast == "bf16" else nullcontext()
+        )
+        with autocast:
+            out = self.sae(x, knobs, dead_mask)
+        loss = sum(out.losses.values())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sae.after_backward()
+        grad_norms = self.clip_gradients()
+        finite = bool(torch.isfinite(torch.stack([loss.detach().float(), *grad_norms.values()])).all())
+        self.last_grad_norms = {k: float(v) for k, v in grad_norms.items()} if not finite else self.last_grad_norms
+        if finite:
+            self.opt.step()
+            self.sae.after_step()
+            self.nonfinite_run = 0
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            self.nonfinite_total += 1
+            self.nonfinite_run += 1
+        with torch.no_grad():
+            fired = (out.codes != 0).any(0)
+            self.tokens_since_fired += x.shape[0]
+            self.tokens_since_fired[fired] = 0
+        self.step += 1
+        if self.step % cfg.log_every == 0 or not finite or self.step == cfg.steps:
+            self.log(out, loss, knobs, grad_norms, dead_mask)
+        if self.nonfinite_run >= cfg.max_nonfinite_steps:
+            raise TrainingDiverged(self.divergence_message(out, loss))
+        return StepResult(self.last_losses, finite)
+
+    def clip_gradients(self) -> dict[str, Tensor]:
+        norms = {}
+        for name, (params, max_norm) in self.sae.gradient_groups().items():
+            params = [p for p in params if p.grad is not None]
+            if not params:
+                continue
+            limit = max_norm if max_norm is not None else self.cfg.grad_clip
+            if limit is None:
+                norms[name] = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+            else:
+                norms[name] = torch.nn.utils.clip_grad_norm_(params, limit)
+        return norms
+
+    # --- logging ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def log(self, out, loss: Tensor, knobs: dict[str, Any], grad_norms: dict[str, Tensor], dead_mask: Tensor) -> None:
+        active = out.codes != 0
+        self.stats = {"step": float(self.step), "l0": float(active.sum(-1).float().mean())}
+        if len(self.groups) > 1:
+            for name, sl in self.groups:
+                self.stats[f"l0/{name}"] = float(active[:, sl].sum(-1).float().mean())
+        self.last_losses = {name: float(v) for name, v in out.losses.items()}
+        self.last_losses["total"] = float(loss)
+        if self.nonfinite_run == 0:
+            self.last_grad_norms = {k: float(v) for k, v in grad_norms.items()}
+        w = self.writer
+        if w is None:
+            return
+        for name, value in self.last_losses.items():
+            w.add_scalar(f"loss/{name}", value, self.step)
+        for name, value in self.stats.items():
+            if name != "step":
+                w.add_scalar(name, value, self.step)
+        w.add_scalar("dead_fraction", float(dead_mask.float().mean()), self.step)
+        w.add_scalar("lr", self.opt.param_groups[0]["lr"], self.step)
+        w.add_scalar("nonfinite_steps", self.nonfinite_total, self.step)
+        for name, value in grad_norms.items():
+            w.add_scalar(f"grad_norm/{name}", float(value), self.step)
+        for name, value in knobs.items():
+            if isinstance(value, (list, tuple)):
+                for i, v in enumerate(value):
+                    w.add_scalar(f"knob/{name}/{i}", float(v), self.step)
+            else:
+                w.add_scalar(f"knob/{name}", float(value), self.step)
+        for name, value in self.sae.diagnostics().items():
+            w.add_scalar(f"diag/{name}", value, self.step)
+
+    def divergence_message(self, out, loss: Tensor) -> str:
+        active = out.codes != 0
+        l0 = ", ".join(f"{name}={float(active[:, sl].sum(-1).float().mean()):.1f}" for name, sl in self.groups)
+        norms = ", ".join(f"{k}={v:.3g}" for k, v in self.last_grad_norms.items()) or "n/a"
+        diag = ", ".join(f"{k}={v:.3g}" for k, v in self.sae.diagnostics().items())
+        where = (
+            f"last good checkpoint: {self.out_dir} (step {self.last_checkpoint})"
+            if self.last_checkpoint is not None
+            else "no checkpoint was written"
+        )
+        return (
+            f"training diverged: {self.nonfinite_run} consecutive non-finite steps at step {self.step} "
+            f"(loss={float(loss):.4g}, {self.nonfinite_total} skipped in all); last finite grad norms: {norms}; "
+            f"L0 per group: {l0}" + (f"; {diag}" if diag else "") + f"; {where}"
+        )
+
+    # --- evaluation and checkpoints -------------------------------------------------------------
+    def inference_copy(self) -> SAE:
+        """A copy of the SAE that takes raw activations (the scale folded in)."""
+        sae = copy.deepcopy(self.sae).float()
+        sae.fold_input_scale(self.scale)
+        return sae.eval()
+
+    def evaluate(self, eval_x: Tensor, ground_truth=None, write: bool = False) -> dict[str, float]:
+        sae = self.inference_copy()
+        metrics = evaluate_sae(sae, eval_x.split(self.cfg.batch_size), ground_truth, self.device)
+        metrics["nonfinite_steps"] = float(self.nonfinite_total)
+        metrics["step"] = float(self.step)
+        self.last_eval = metrics
+        if self.writer is not None:
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"eval/{name}", value, self.step)
+        if write:
+            ckpt.write_json(self.out_dir / ckpt.METRICS_FILE, metrics)
+        return metrics
+
+    def save_checkpoint(self) -> None:
+        tensors = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
+        opt_state = self.opt.state_dict()
+        for index, state in opt_state["state"].items():
+            for name, value in state.items():
+                tensors[f"opt.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        tensors["tokens_since_fired"] = self.tokens_since_fired
+        tensors["rng_cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        state_dir = self.out_dir / ckpt.STATE_DIR
+        ckpt.save_tensors(state_dir / "trainer.safetensors", tensors)
+        ckpt.write_json(
+            state_dir / "trainer.json",
+            {
+                "step": self.step,
+                "scale": self.scale,
+                "nonfinite_total": self.nonfinite_total,
+                "nonfinite_run": self.nonfinite_run,
+                "stats": self.stats,
+                "curriculum": self.curriculum.state_dict(),
+                "optimizer_param_groups": opt_state["param_groups"],
+            },
+        )
+        ckpt.save_sae(self.out_dir, self.inference_copy())
+        self.last_checkpoint = self.step
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[list[str]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps."""
+    received: list[str] = []
+
+    def handler(signum, frame):  # noqa: ARG001
+        received.append(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def train_many(
+    runs: Sequence[RunConfig],
+    out_dirs: Sequence[Path],
+    source: ActivationSource,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train one SAE per run on the same stream of batches; return their final metrics."""
+    train_cfg = runs[0].train
+    device = resolve_device(train_cfg.device)
+    steps, batch_size = train_cfg.steps, train_cfg.batch_size
+    trainees = [Trainee(run, source.d_in, out, source.describe(), device) for run, out in zip(runs, out_dirs)]
+    eval_x = source.eval_activations(train_cfg.eval_tokens)
+    if resume:
+        for t in trainees:
+            t.resume()
+    else:
+        sample = next(source.batches(INIT_TOKENS, start=0))
+        for t in trainees:
+            t.start(sample)
+    start = min(t.step for t in trainees)
+    ground_truth = source.ground_truth
+    bar = _progress(progress)
+    task = bar.add_task(_describe(runs), total=steps, completed=start, tps=0.0, info="")
+    tokens_done, t0 = 0, time.perf_counter()
+    try:
+        with stop_on_signals() as received, bar:
+            batches = source.batches(batch_size, start=start)
+            for step in range(start, steps):
+                x = next(batches)
+                for t in trainees:
+                    if t.step == step:
+                        t.train_step(x)
+                tokens_done += x.shape[0]
+                for t in trainees:
+                    if train_cfg.eval_every and t.step % train_cfg.eval_every == 0 and t.step < steps:
+                        t.evaluate(eval_x, ground_truth)
+                    if train_cfg.checkpoint_every and t.step % train_cfg.checkpoint_every == 0:
+                        t.save_checkpoint()
+                if received:
+                    for t in trainees:
+                        t.save_checkpoint()
+                    where = " ".join(str(t.out_dir) for t in trainees)
+                    raise Interrupted(
+                        f"{received[0]} received: checkpoint saved at step {step + 1}; "
+                        f"resume with: saezoo train --resume {where}"
+                    )
+                if (step + 1) % train_cfg.log_every == 0 or step + 1 == steps:
+                    elapsed = max(time.perf_counter() - t0, 1e-9)
+                    bar.update(task, completed=step + 1, tps=tokens_done / elapsed, info=_loss_text(trainees))
+        results = []
+        for t in trainees:
+            t.save_checkpoint()
+            results.append(t.evaluate(eval_x, ground_truth, write=True))
+        return results
+    finally:
+        for t in trainees:
+            t.close()
+
+
+def train(run: RunConfig, out_dir: Path, source: ActivationSource, resume: bool = False, progress: bool = True) -> dict[str, float]:
+    """Train one SAE; return its held-out metrics."""
+    return train_many([run], [out_dir], source, resume=resume, progress=progress)[0]
+
+
+def _describe(runs: Sequence[RunConfig]) -> str:
+    return " + ".join(r.architecture + (f":{r.preset}" if r.preset else "") for r in runs)
+
+
+def _loss_text(trainees: Sequence[Trainee]) -> str:
+    parts = []
+    for t in trainees:
+        main = {k: v for k, v in t.last_losses.items() if k in ("total", "mse")}
+        text = " ".join(f"{k}={v:.4g}" for k, v in main.items())
+        if "l0" in t.stats:
+            text += f" l0={t.stats['l0']:.1f}"
+        parts.append(text)
+    return " | ".join(parts)
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[tps]:,.0f} tok/s"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
+    )

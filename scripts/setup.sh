@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs saezoo, its test tools and the embedded default assets. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# torch first, pinned: on these machines 2.13.0 is a CPU build on local disk; a bare
+# `torch` requirement would pull a multi-GB CUDA build. On a GPU machine install the
+# CUDA build of your choice before running this script.
+python3 -c "import torch" 2>/dev/null || python3 -m pip install -q torch==2.13.0
+python3 -m pip install -q -e '.[demo,dev]'
+bash scripts/fetch_assets.sh

@@ -1,0 +1,47 @@
+"""Helpers shared by tests: the real CLI in a subprocess, and a small synthetic run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# Small and fast: a synthetic source and short runs.
+FAST_SETS = [
+    "train.batch_size=1024",
+    "train.eval_tokens=4096",
+    "train.log_every=5",
+    "train.eval_every=0",
+    "train.warmup_steps=5",
+]
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``saezoo ARGS`` as a real subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "saezoo.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
+    )
+
+
+def fast_train_args(arch: str, out: Path, steps: int = 20, *extra: str) -> list[str]:
+    args = ["train", arch, "--source", "synthetic", "--steps", str(steps), "--out", str(out), "-q"]
+    for s in FAST_SETS:
+        args += ["--set", s]
+    return [*args, *extra]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit 2, exactly one line on stderr naming the problem, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])

@@ -1,0 +1,57 @@
+"""Documentation that must keep up with the code."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from saezoo import hookspecs
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("register_")]
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_documented(hook):
+    guide = (ROOT / "plugins" / "README.md").read_text()
+    params = ", ".join(inspect.signature(getattr(hookspecs, hook)).parameters)
+    assert f"### {hook}({params})" in guide, f"plugins/README.md lacks a section for {hook}({params})"
+    assert getattr(hookspecs, hook).__doc__, f"{hook} has no docstring"
+
+
+def test_every_core_metric_is_documented():
+    metrics_doc = (ROOT / "docs" / "metrics.md").read_text()
+    for name in ["mse", "fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction", "mean_max_cosine", "recovered_fraction", "marginal_ev", "alive_fraction", "l0_share"]:
+        assert re.search(rf"`{name}", metrics_doc), f"docs/metrics.md does not define {name}"
+
+
+def test_readme_opens_with_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```")[1]
+    assert "make train" in first_block and "make test" in first_block
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_plugin_metric_is_reported():
+    import torch
+
+    from saezoo import hookimpl, plugins
+    from saezoo.checkpoint import build_sae
+    from saezoo.evaluate import evaluate_sae
+
+    class CosinePlugin:
+        @staticmethod
+        @hookimpl
+        def register_metrics(register):
+            register("cosine", lambda b: {"mean": float(torch.cosine_similarity(b.x, b.x_hat).mean())})
+
+    plugins.register_plugin(CosinePlugin, "cosine_plugin")
+    try:
+        sae = build_sae("flat", 8, {})
+        metrics = evaluate_sae(sae, [torch.randn(32, 8)])
+        assert -1 <= metrics["cosine/mean"] <= 1
+    finally:
+        plugins.unregister_plugin(CosinePlugin)
