@@ -62,6 +62,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def remove_temporaries(directory: Path) -> None:
+    """Delete what a killed :func:`atomic_write` left behind (never a finished file)."""
+    for tmp in Path(directory).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 

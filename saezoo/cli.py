@@ -137,6 +137,7 @@ def train(
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `saezoo train`.")],
     tokens: Annotated[Optional[int], typer.Option("--tokens", help="Held-out tokens to evaluate on (default: the run's eval_tokens).")] = None,
+    downstream_tokens: Annotated[Optional[int], typer.Option("--downstream-tokens", help="Tokens for spliced CE/KL (model sources; default: the run's downstream_tokens).")] = None,
     device: DeviceOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -144,17 +145,20 @@ def eval_(
     from saezoo import checkpoint
     from saezoo.activations.factory import build_source
     from saezoo.config import run_from_dict
-    from saezoo.evaluate import evaluate_sae
+    from saezoo.evaluate import full_evaluation
     from saezoo.train import resolve_device
 
     sae, header = checkpoint.load_sae(run_dir)
     run = run_from_dict(header)
     if tokens is not None and tokens < 1:
         raise UsageError(f"--tokens must be >= 1, got {tokens}")
+    if downstream_tokens is not None and downstream_tokens < 0:
+        raise UsageError(f"--downstream-tokens must be >= 0, got {downstream_tokens}")
     dev = resolve_device(device or run.train.device)
     src = build_source(run.data, tokens=0, seed=run.train.seed)
     x = src.eval_activations(tokens or run.train.eval_tokens)
-    metrics = evaluate_sae(sae.to(dev), x.split(run.train.batch_size), src.ground_truth, dev)
+    n_downstream = run.train.downstream_tokens if downstream_tokens is None else downstream_tokens
+    metrics = full_evaluation(sae, src, x, run.train.batch_size, dev, downstream_tokens=n_downstream)
     checkpoint.write_json(Path(run_dir) / checkpoint.METRICS_FILE, metrics)
     if as_json:
         typer.echo(json.dumps(metrics, sort_keys=True))

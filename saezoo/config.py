@@ -76,6 +76,8 @@ class TrainConfig:
     """Steps between held-out evaluations (0: only at the end)."""
     eval_tokens: int = 16384
     """Held-out tokens used by the periodic evaluation."""
+    downstream_tokens: int = 4096
+    """Held-out tokens for the spliced CE/KL of the final evaluation (model sources; 0: skip)."""
     checkpoint_every: int = 500
     """Steps between checkpoints (0: only at the end)."""
 
@@ -420,6 +422,7 @@ def validate_train(cfg: TrainConfig) -> None:
         (cfg.log_every >= 1, f"train.log_every must be >= 1, got {cfg.log_every}"),
         (cfg.eval_every >= 0, f"train.eval_every must be >= 0, got {cfg.eval_every}"),
         (cfg.eval_tokens >= 1, f"train.eval_tokens must be >= 1, got {cfg.eval_tokens}"),
+        (cfg.downstream_tokens >= 0, f"train.downstream_tokens must be >= 0, got {cfg.downstream_tokens}"),
         (cfg.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {cfg.checkpoint_every}"),
         (all(0 <= b < 1 for b in cfg.betas), f"train.betas must be in [0, 1), got {cfg.betas}"),
     ]

@@ -210,3 +210,41 @@ def evaluate_sae(
 
 def split_batches(x: Tensor, batch_size: int) -> list[Tensor]:
     return list(x.split(batch_size))
+
+
+# --- a whole evaluation: what `saezoo eval` and the end of training report -----------------------
+
+
+@torch.no_grad()
+def full_evaluation(
+    sae: SAE,
+    source,
+    x: Tensor,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    group_sizes: list[int] | None = None,
+    downstream_tokens: int = 0,
+) -> dict[str, float]:
+    """Every metric that applies to ``sae`` (which takes raw activations) on held-out ``x``
+    from ``source``: reconstruction, sparsity, tiers, composition coverage, ground truth
+    (synthetic) and spliced CE/KL on ``downstream_tokens`` tokens (model sources)."""
+    from saezoo.hierarchy import composition_coverage, ground_truth_hierarchy
+
+    sae = sae.to(device).eval()
+    batches = lambda: x.split(batch_size)  # noqa: E731
+    metrics = evaluate_sae(sae, batches(), source.ground_truth, device)
+    metrics.update(composition_coverage(sae, batches, group_sizes, device=device))
+    if source.ground_truth is not None and hasattr(source, "eval_features"):
+        codes = torch.cat([sae.encode(b.to(device)).cpu() for b in batches()])
+        truth_coeffs = source.eval_features(x.shape[0])
+        metrics.update(ground_truth_hierarchy(source.ground_truth, sae.decoder_directions(), codes, truth_coeffs))
+    if downstream_tokens > 0 and hasattr(source, "eval_contexts"):
+        from saezoo.downstream import spliced_metrics
+
+        input_ids, mask = source.eval_contexts(downstream_tokens)
+        metrics.update(
+            spliced_metrics(
+                source.model, source.hook, sae, input_ids, mask, max_norm=source.outlier_threshold, device=device
+            )
+        )
+    return metrics

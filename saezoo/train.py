@@ -28,7 +28,7 @@ from saezoo.activations.source import ActivationSource
 from saezoo.config import RunConfig
 from saezoo.curriculum import Curriculum, check_compatible
 from saezoo.errors import SaezooError, TrainingDiverged, UsageError
-from saezoo.evaluate import evaluate_sae
+from saezoo.evaluate import evaluate_sae, full_evaluation
 from saezoo.sae import SAE, group_slices
 
 # Tokens used to estimate the normalisation scale and initialise data-dependent weights.
@@ -126,6 +126,7 @@ class Trainee:
 
     def resume(self) -> None:
         state_dir = self.out_dir / ckpt.STATE_DIR
+        ckpt.remove_temporaries(self.out_dir)
         meta = ckpt.read_json(state_dir / "trainer.json", "trainer state")
         tensors, _ = ckpt.load_tensors(state_dir / "trainer.safetensors")
         ckpt.load_state(self.sae, {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, state_dir)
@@ -265,16 +266,22 @@ class Trainee:
         sae.fold_input_scale(self.scale)
         return sae.eval()
 
-    def evaluate(self, eval_x: Tensor, ground_truth=None, write: bool = False) -> dict[str, float]:
+    def evaluate(self, eval_x: Tensor, source: ActivationSource, final: bool = False) -> dict[str, float]:
+        """Held-out metrics; the final evaluation adds every metric and writes metrics.json."""
         sae = self.inference_copy()
-        metrics = evaluate_sae(sae, eval_x.split(self.cfg.batch_size), ground_truth, self.device)
+        if final:
+            metrics = full_evaluation(
+                sae, source, eval_x, self.cfg.batch_size, self.device, downstream_tokens=self.cfg.downstream_tokens
+            )
+        else:
+            metrics = evaluate_sae(sae, eval_x.split(self.cfg.batch_size), source.ground_truth, self.device)
         metrics["nonfinite_steps"] = float(self.nonfinite_total)
         metrics["step"] = float(self.step)
         self.last_eval = metrics
         if self.writer is not None:
             for name, value in metrics.items():
                 self.writer.add_scalar(f"eval/{name}", value, self.step)
-        if write:
+        if final:
             ckpt.write_json(self.out_dir / ckpt.METRICS_FILE, metrics)
         return metrics
 
@@ -352,7 +359,6 @@ def train_many(
         for t in trainees:
             t.start(sample)
     start = min(t.step for t in trainees)
-    ground_truth = source.ground_truth
     bar = _progress(progress)
     task = bar.add_task(_describe(runs), total=steps, completed=start, tps=0.0, info="")
     tokens_done, t0 = 0, time.perf_counter()
@@ -367,7 +373,7 @@ def train_many(
                 tokens_done += x.shape[0]
                 for t in trainees:
                     if train_cfg.eval_every and t.step % train_cfg.eval_every == 0 and t.step < steps:
-                        t.evaluate(eval_x, ground_truth)
+                        t.evaluate(eval_x, source)
                     if train_cfg.checkpoint_every and t.step % train_cfg.checkpoint_every == 0:
                         t.save_checkpoint()
                 if received:
@@ -384,7 +390,7 @@ def train_many(
         results = []
         for t in trainees:
             t.save_checkpoint()
-            results.append(t.evaluate(eval_x, ground_truth, write=True))
+            results.append(t.evaluate(eval_x, source, final=True))
         return results
     finally:
         for t in trainees:

@@ -74,7 +74,8 @@ class SyntheticSource:
     def describe(self) -> dict[str, Any]:
         return {"source": "synthetic", **{k: v for k, v in vars(self.cfg).items()}}
 
-    def _generate(self, n: int, stream: int) -> Tensor:
+    def _generate(self, n: int, stream: int) -> tuple[Tensor, Tensor]:
+        """``n`` activation vectors and the true feature coefficients behind them."""
         cfg = self.cfg
         # Each batch has its own generator, so batch i is the same whatever came before it.
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + stream)
@@ -93,13 +94,17 @@ class SyntheticSource:
         coeffs[active] = torch.rand(int(active.sum()), generator=gen) + 0.5
         x = coeffs @ self.ground_truth.directions
         x += cfg.noise * torch.randn(n, cfg.d_in, generator=gen)
-        return x * cfg.scale
+        return x * cfg.scale, coeffs
 
     def batches(self, batch_size: int, start: int = 0) -> Iterator[Tensor]:
         i = start
         while True:
-            yield self._generate(batch_size, i)
+            yield self._generate(batch_size, i)[0]
             i += 1
 
     def eval_activations(self, n_tokens: int) -> Tensor:
-        return self._generate(n_tokens, _EVAL_STREAM)
+        return self._generate(n_tokens, _EVAL_STREAM)[0]
+
+    def eval_features(self, n_tokens: int) -> Tensor:
+        """The true feature coefficients of ``eval_activations(n_tokens)``, ``[n, n_features]``."""
+        return self._generate(n_tokens, _EVAL_STREAM)[1]

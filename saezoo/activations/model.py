@@ -1,0 +1,120 @@
+"""Language models: loading by name, hook points, and activations read at a hook.
+
+A model name is looked up in the ``register_models`` hook first (the embedded default is
+registered this way); any other name goes to ``transformers`` as a hub id or local directory.
+
+A hook point is a module name from ``model.named_modules()`` (``model.layers.6``); by default
+the middle transformer block, whose output is the residual stream. The forward pass stops as
+soon as the hooked module has run, so the layers above it cost nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+
+import torch
+from torch import Tensor, nn
+
+from saezoo.errors import UsageError
+from saezoo.plugins import get_plugins
+
+
+def load_model(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, object]:
+    """Load ``(model, tokenizer)`` by registered name, hub id or local path: float32, eval mode."""
+    plugins = get_plugins()
+    if name in plugins.models:
+        model, tokenizer = plugins.models.get(name)()
+    else:
+        model, tokenizer = _load_with_transformers(name, plugins.models.names())
+    return model.to(device=device, dtype=torch.float32).eval(), tokenizer
+
+
+def _load_with_transformers(name: str, registered: list[str]) -> tuple[nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as exc:  # what transformers raises for a bad name or path
+        close = difflib.get_close_matches(name, registered, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        offline = " (HF_HUB_OFFLINE is set: only the local hub cache was searched)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise UsageError(
+            f"cannot load model {name!r}: it is not a registered model ({', '.join(registered) or 'none'}{hint}), "
+            f"and transformers could not load it as a local directory or hub id{offline}: {_first_line(exc)}"
+        ) from exc
+    return model, tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The name and ModuleList of the transformer blocks: the ModuleList holding most parameters."""
+    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if not lists:
+        raise UsageError(f"{type(model).__name__} has no list of transformer blocks; pass --hook explicitly")
+    return max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+
+
+def default_hook(model: nn.Module) -> str:
+    """The middle transformer block (``model.layers.15`` of 30): its output is the residual stream."""
+    name, blocks = find_blocks(model)
+    return f"{name}.{len(blocks) // 2}"
+
+
+def resolve_hook(model: nn.Module, hook: str | None) -> str:
+    """``hook`` checked against the model's modules, or the default hook when ``None``."""
+    if hook is None:
+        return default_hook(model)
+    names = [name for name, _ in model.named_modules() if name]
+    if hook in names:
+        return hook
+    close = difflib.get_close_matches(hook, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    try:
+        prefix, blocks = find_blocks(model)
+        candidates = ", ".join(f"{prefix}.{i}" for i in range(len(blocks)))
+    except UsageError:
+        candidates = ", ".join(names[:20])
+    raise UsageError(
+        f"no module {hook!r} in {type(model).__name__}{hint} (transformer blocks: {candidates}; "
+        f"any name from model.named_modules() works)"
+    )
+
+
+class _StopForward(Exception):
+    """Raised by the hook once the activations are captured, to skip the rest of the model."""
+
+
+def hooked_activations(model: nn.Module, hook: str, input_ids: Tensor) -> Tensor:
+    """The output of module ``hook`` for ``input_ids`` ``[B, T]``, as float32 ``[B, T, d]`` on the CPU.
+
+    When the module returns a tuple (older transformer blocks do), its first element is the
+    residual stream. The forward pass is stopped right after the module.
+    """
+    module = model.get_submodule(hook)
+    captured: list[Tensor] = []
+
+    def capture(_module, _inputs, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _StopForward
+
+    handle = module.register_forward_hook(capture)
+    try:
+        with torch.inference_mode():
+            model(input_ids=input_ids.to(_device_of(model)), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise UsageError(f"module {hook!r} did not run in the forward pass; choose another --hook")
+    # Copied outside inference mode: an inference tensor cannot enter the SAE's autograd graph.
+    return captured[0].to(device="cpu", dtype=torch.float32, copy=True)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

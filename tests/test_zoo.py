@@ -1,0 +1,236 @@
+"""The TopK, BatchTopK, Matryoshka, JumpReLU and Gated architecture plugins."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import saezoo_gated
+import saezoo_jumprelu
+import saezoo_matryoshka
+import saezoo_topk
+import torch
+from saezoo_gated.sae import GatedSAE
+from saezoo_jumprelu.sae import JumpReLUSAE
+from saezoo_matryoshka.sae import MatryoshkaSAE
+from saezoo_topk.sae import BatchTopKSAE, TopKSAE
+
+from saezoo import SAE
+from saezoo.activations.synthetic import SyntheticConfig, SyntheticSource
+from saezoo.sae import group_slices
+
+D_IN = 16
+TOPK_FAMILY = [TopKSAE, BatchTopKSAE, MatryoshkaSAE]
+ALL = [*TOPK_FAMILY, JumpReLUSAE, GatedSAE]
+
+
+def make(cls: type[SAE], d_in: int = D_IN, seed: int = 0, **overrides) -> SAE:
+    torch.manual_seed(seed)
+    defaults = {"k": 4} if cls in TOPK_FAMILY else {}
+    return cls(d_in, dataclasses.replace(cls.Config(), **{**defaults, **overrides}))
+
+
+def inputs(n: int = 64, d_in: int = D_IN, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, d_in, generator=torch.Generator().manual_seed(seed))
+
+
+def some_dead(sae: SAE) -> torch.Tensor:
+    dead = torch.zeros(sae.width, dtype=torch.bool)
+    dead[::3] = True
+    return dead
+
+
+def test_each_package_registers_its_architectures():
+    found = {}
+    for package in (saezoo_topk, saezoo_matryoshka, saezoo_jumprelu, saezoo_gated):
+        package.register_architectures(register=found.__setitem__)
+    assert found == {
+        "topk": TopKSAE,
+        "batchtopk": BatchTopKSAE,
+        "matryoshka": MatryoshkaSAE,
+        "jumprelu": JumpReLUSAE,
+        "gated": GatedSAE,
+    }
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_forward_shapes_finite_losses_and_gradients(cls):
+    sae = make(cls)
+    x = inputs()
+    sae.init_from_data(x)
+    out = sae(x, {}, some_dead(sae))
+    assert out.x_hat.shape == x.shape
+    assert out.codes.shape == (len(x), sae.width)
+    assert (out.codes >= 0).all()
+    torch.testing.assert_close(out.x_hat, sae.decode(out.codes), rtol=1e-5, atol=1e-5)
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in out.losses.values())
+    sum(out.losses.values()).backward()
+    sae.after_backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in sae.parameters())
+    assert sum(size for _, size in sae.latent_groups()) == sae.width
+
+
+@pytest.mark.parametrize("cls", TOPK_FAMILY, ids=lambda c: c.__name__)
+def test_sparse_decoding_equals_dense_in_values_and_gradients(cls):
+    x = inputs()
+    results = []
+    for sparse in (True, False):
+        sae = make(cls, sparse_decode=sparse)
+        out = sae(x, {"k": 5}, some_dead(sae))
+        sum(out.losses.values()).backward()
+        results.append((out, {n: p.grad for n, p in sae.named_parameters()}))
+    (sparse_out, sparse_grads), (dense_out, dense_grads) = results
+    torch.testing.assert_close(sparse_out.x_hat, dense_out.x_hat)
+    torch.testing.assert_close(sparse_out.losses, dense_out.losses)
+    torch.testing.assert_close(sparse_grads, dense_grads)
+
+
+def test_sparse_decoding_touches_only_selected_decoder_rows():
+    sae = make(TopKSAE)
+    out = sae(inputs(4))
+    out.losses["mse"].backward()
+    touched = sae.W_dec.grad.abs().sum(-1) > 0
+    assert torch.equal(touched, (out.codes > 0).any(0))
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_fold_input_scale_keeps_codes_and_scales_reconstruction(cls):
+    sae = make(cls)
+    with torch.no_grad():  # a trained-looking SAE: no parameter at its initial value
+        for p in sae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, scale = inputs(), 3.7
+    sae(x * scale)  # BatchTopK estimates its threshold in training mode
+    sae.eval()
+    codes, x_hat = sae.encode(x * scale), sae(x * scale).x_hat
+    sae.fold_input_scale(scale)
+    torch.testing.assert_close(sae.encode(x), codes, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sae(x).x_hat, x_hat / scale, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", TOPK_FAMILY, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("k", [0, -1, 8 * D_IN + 1])
+def test_impossible_k_is_a_clear_error(cls, k):
+    with pytest.raises(ValueError, match="k must be between 1 and the width"):
+        make(cls, k=k)
+
+
+@pytest.mark.parametrize("cls", TOPK_FAMILY, ids=lambda c: c.__name__)
+def test_k_knob_sets_the_sparsity_and_is_checked(cls):
+    sae = make(cls)
+    x = inputs()
+    assert (sae(x, {"k": 7}).codes > 0).sum() == 7 * len(x)
+    with pytest.raises(ValueError, match=r"k \(knob\)"):
+        sae(x, {"k": sae.width + 1})
+
+
+@pytest.mark.parametrize("cls", TOPK_FAMILY, ids=lambda c: c.__name__)
+def test_auxk_is_nonzero_only_with_dead_latents_and_trains_only_them(cls):
+    sae = make(cls)
+    x = inputs()
+    assert sae(x).losses["auxk"] == 0
+    assert sae(x, {}, torch.zeros(sae.width, dtype=torch.bool)).losses["auxk"] == 0
+    dead = some_dead(sae)
+    aux = sae(x, {}, dead).losses["auxk"]
+    assert aux > 0
+    aux.backward()
+    for trained in (sae.W_enc.grad.abs().sum(0) > 0, sae.W_dec.grad.abs().sum(-1) > 0):
+        assert trained.any() and not (trained & ~dead).any()
+
+
+def test_batchtopk_estimates_a_threshold_and_uses_it_in_eval_mode():
+    sae = make(BatchTopKSAE)
+    x = inputs()
+    out = sae(x)
+    assert sae.threshold == out.codes[out.codes > 0].min()  # the first estimate is exact
+    sae(inputs(seed=2))
+    assert sae.threshold_updates == 2
+    sae.eval()
+    pre = sae.pre_activations(x)
+    expected = pre * (pre > sae.threshold)
+    torch.testing.assert_close(sae.encode(x), expected)
+    torch.testing.assert_close(sae(x).codes, expected)
+    # One token's codes no longer depend on the rest of its batch.
+    torch.testing.assert_close(sae.encode(x[:1]), expected[:1])
+
+
+def test_batchtopk_without_a_threshold_falls_back_to_the_batch_selection():
+    sae = make(BatchTopKSAE).eval()
+    assert (sae.encode(inputs()) > 0).sum() == 4 * 64
+
+
+def test_matryoshka_groups_are_the_nested_prefixes():
+    sae = make(MatryoshkaSAE)  # width 128: prefixes 8, 16, 32, 64, 128
+    assert sae.latent_groups() == [("tier1", 8), ("tier2", 8), ("tier3", 16), ("tier4", 32), ("tier5", 64)]
+    assert [s.stop for _, s in group_slices(sae)] == sae.prefix_sizes()
+    x = inputs()
+    out = sae(x)
+    prefix_errors = [
+        (x - out.codes[:, :m] @ sae.W_dec[:m] - sae.b_dec).pow(2).sum(-1).mean() for m in sae.prefix_sizes()[:-1]
+    ]
+    torch.testing.assert_close(out.losses["prefix_mse"], sum(prefix_errors))
+
+
+@pytest.mark.parametrize("fractions", [[0.5, 0.25, 1.0], [0.5, 0.9], [], [0.001, 1.0]])
+def test_matryoshka_rejects_bad_prefixes(fractions):
+    with pytest.raises(ValueError, match="prefix"):
+        make(MatryoshkaSAE, prefix_fractions=fractions)
+
+
+def test_jumprelu_threshold_gradients_come_from_the_kernel_window():
+    sae = make(JumpReLUSAE, d_in=4, expansion_factor=1, l0_coefficient=0.5)
+    threshold = sae.log_threshold.exp().detach()
+    eps = sae.bandwidth
+    # Latent 0's pre-activation sits inside the window around its threshold; the others far below.
+    pre = torch.full((1, 4), -1.0)
+    pre[0, 0] = threshold[0] + eps / 4
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.b_dec.zero_()
+        sae.b_enc.copy_(pre[0])
+    out = sae(torch.zeros(1, 4))
+    out.losses["l0"].backward()
+    # d(lambda * d_in * H(pre - theta)) / d log theta = -lambda * d_in * theta / eps inside the window.
+    expected = torch.zeros(4)
+    expected[0] = -0.5 * 4 * threshold[0] / eps
+    torch.testing.assert_close(sae.log_threshold.grad, expected)
+    assert out.codes[0, 0] == pre[0, 0] and (out.codes[0, 1:] == 0).all()
+
+
+def test_gated_aux_loss_leaves_the_decoder_frozen():
+    sae = make(GatedSAE)
+    sae(inputs()).losses["aux"].backward()
+    assert sae.W_dec.grad is None
+    assert sae.W_gate.grad.abs().sum() > 0
+
+
+def _train_on_synthetic(sae: SAE, source: SyntheticSource, steps: int, batch_size: int) -> tuple[float, float, float]:
+    """Explained variance, L0 and dead fraction after a minimal Adam loop on normalised inputs."""
+    held_out = source.eval_activations(8192)
+    scale = (source.d_in / held_out.pow(2).sum(-1).mean()).sqrt()
+    sae.init_from_data(held_out[:4096] * scale)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    silent_for = torch.zeros(sae.width)
+    for _, x in zip(range(steps), source.batches(batch_size)):
+        out = sae(x * scale, {}, silent_for * batch_size > 50_000)
+        opt.zero_grad()
+        sum(out.losses.values()).backward()
+        sae.after_backward()
+        opt.step()
+        sae.after_step()
+        silent_for = torch.where((out.codes > 0).any(0), 0, silent_for + 1)
+    sae.eval()
+    with torch.no_grad():
+        x = held_out * scale
+        codes = sae.encode(x)
+        fvu = (x - sae.decode(codes)).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        return 1 - fvu.item(), (codes > 0).sum(-1).float().mean().item(), ((codes > 0).sum(0) == 0).float().mean().item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_each_variant_learns_the_synthetic_features(cls):
+    source = SyntheticSource(SyntheticConfig())
+    sae = make(cls, d_in=source.d_in, k=8) if cls in TOPK_FAMILY else make(cls, d_in=source.d_in)
+    explained_variance, l0, dead = _train_on_synthetic(sae, source, steps=300, batch_size=1024)
+    assert explained_variance >= 0.9, (explained_variance, l0, dead)
