@@ -99,6 +99,7 @@ def train(
     curriculum: CurriculumOpt = "constant",
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default: runs/ARCH-TIME).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
+    register: Annotated[Optional[str], typer.Option("--register", help="Add the trained SAE to the registry under this name.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train one SAE and print its held-out metrics."""
@@ -131,6 +132,11 @@ def train(
     src = build_source(run.data, tokens=run.train.steps * run.train.batch_size, seed=run.train.seed)
     metrics = run_training(run, out_dir, src, resume=resume is not None, progress=not quiet)
     _print_metrics(metrics, title=f"{run.architecture} -> {out_dir}")
+    if register is not None:
+        from saezoo import catalog
+
+        path = catalog.register_run(register, out_dir, metrics)
+        typer.echo(f"registered as {register}: {path}")
 
 
 @app.command("eval")
@@ -164,6 +170,117 @@ def eval_(
         typer.echo(json.dumps(metrics, sort_keys=True))
     else:
         _print_metrics(metrics, title=str(run_dir))
+
+
+@app.command()
+def compare(
+    specs: Annotated[list[str], typer.Argument(help="Variants: ARCH, ARCH:PRESET or a registry entry name.")],
+    source: SourceOpt = None,
+    model: ModelOpt = None,
+    hook: HookOpt = None,
+    dataset: DatasetOpt = None,
+    context_length: ContextOpt = None,
+    steps: StepsOpt = None,
+    tokens: TokensOpt = None,
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting for every variant: section.field=value. Repeatable.")] = None,
+    curriculum: CurriculumOpt = "constant",
+    target_l0: Annotated[Optional[float], typer.Option("--target-l0", help="Steer every variant to this L0 (target-l0 curriculum, or k).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Report directory (default: runs/compare-TIME).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train several SAEs on one activation stream and report them side by side."""
+    from saezoo.compare import print_table, resolve_variants, run_compare
+
+    if steps is not None and tokens is not None:
+        raise UsageError("give --steps or --tokens, not both")
+    variants = resolve_variants(
+        specs,
+        curriculum=curriculum,
+        target_l0=target_l0,
+        config_file=config,
+        options=_options(source, model, hook, dataset, context_length, steps, batch_size, seed, device),
+        sets=set_ or [],
+        tokens=tokens,
+    )
+    out_dir = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out_dir}: cannot create the directory ({exc.strerror})") from None
+    report = run_compare(variants, out_dir, progress=not quiet)
+    print_table(report)
+    typer.echo(f"report: {out_dir / 'report.md'}")
+
+
+registry_app = typer.Typer(help="The catalogue of trained SAEs (registry/).", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("list")
+def registry_list() -> None:
+    """Every registry entry with its architecture, data and headline metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from saezoo import catalog
+
+    table = Table("name", "architecture", "model / source", "tokens", "explained_variance", "l0", "ce_recovered")
+    for e in catalog.list_entries():
+        m = e.metrics
+        source = e.data.get("model") if e.data.get("source") != "synthetic" else "synthetic"
+        table.add_row(
+            e.name,
+            e.architecture + (f":{e.preset}" if e.preset else ""),
+            str(source),
+            str(e.data.get("tokens", "")),
+            *(f"{m[k]:.4f}" if k in m else "–" for k in ("explained_variance", "l0", "ce_recovered")),
+        )
+    Console().print(table)
+
+
+@registry_app.command("show")
+def registry_show(name: Annotated[str, typer.Argument(help="A registry entry name.")]) -> None:
+    """One registry entry's manifest, with its weights checked against their sha256."""
+    from saezoo import catalog
+
+    entry = catalog.get_entry(name)
+    catalog.load_entry(entry)  # verifies the weights
+    typer.echo(entry.manifest.read_text())
+
+
+cache_app = typer.Typer(help="The activation cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list")
+def cache_list() -> None:
+    """Cached activation sets: model, hook, dataset, tokens, size."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from saezoo.activations.cache import list_cache
+
+    entries = list_cache()
+    columns = ("id", "model", "hook", "dataset", "split", "n_tokens", "bytes")
+    table = Table(*columns)
+    for e in entries:
+        table.add_row(*(str(e.get(k, "")) for k in columns))
+    Console().print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    key: Annotated[str, typer.Argument(help="A cache id or its prefix (see `saezoo cache list`), or all.")] = "all",
+) -> None:
+    """Delete cached activations."""
+    from saezoo.activations.cache import clear_cache
+
+    removed = clear_cache(key)
+    typer.echo(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}")
 
 
 @app.command()

@@ -248,3 +248,12 @@ def full_evaluation(
             )
         )
     return metrics
+
+
+@torch.no_grad()
+def firing_density(sae: SAE, batches: Iterable[Tensor], device: torch.device | str = "cpu") -> Tensor:
+    """Share of tokens on which each latent fires."""
+    stats = SparsityStats(sae.width, [])
+    for x in batches:
+        stats.add(sae.encode(x.to(device)))
+    return stats.density()

@@ -94,7 +94,7 @@ def composition_coverage(
         return {}
     parents: list[Tensor] = []
     if by_weight:
-        parents = [parents_by_weight(tier_parents(i).detach().cpu()) for i in range(1, len(groups))]
+        parents = [parents_by_weight(tier_parents(i + 1).detach().cpu()) for i in range(1, len(groups))]  # 1-based tiers
     else:
         counts = [torch.zeros(len(groups[i]), len(groups[i - 1]), dtype=torch.float64) for i in range(1, len(groups))]
         for x in batches():

@@ -6,7 +6,7 @@ import os
 
 # Before saezoo loads any plugin: nothing that happens to be installed leaks into tests.
 os.environ["SAEZOO_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-#DEVONLY os.environ.pop("SAEZOO_BLOCK_PLUGINS", None)
+os.environ.pop("SAEZOO_BLOCK_PLUGINS", None)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

@@ -1,0 +1,92 @@
+"""PNG plots for reports (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from saezoo.checkpoint import atomic_write  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def training_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> None:
+    """``curves[variant][tag] = [(step, value), ...]``: one panel per loss term."""
+    tags = sorted({tag for per_variant in curves.values() for tag in per_variant})
+    if not tags:
+        return
+    cols = min(3, len(tags))
+    rows = math.ceil(len(tags) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    for ax, tag in zip(axes.flat, tags):
+        for variant, per_variant in curves.items():
+            if tag in per_variant:
+                steps, values = zip(*per_variant[tag])
+                ax.plot(steps, values, label=variant)
+        ax.set_title(tag)
+        ax.set_xlabel("step")
+        if all(v > 0 for per in curves.values() for _, v in per.get(tag, [])):
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(tags):]:
+        ax.axis("off")
+    _save(fig, path)
+
+
+def ev_vs_l0(points: dict[str, tuple[float, float]], path: Path) -> None:
+    """``points[variant] = (l0, explained_variance)``."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for variant, (l0, ev) in points.items():
+        ax.scatter([l0], [ev], s=60)
+        ax.annotate(variant, (l0, ev), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    ax.set_xlabel("L0 (active latents per token)")
+    ax.set_ylabel("explained variance")
+    ax.set_title("Explained variance against sparsity (up and left is better)")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def tier_activity(tiers: dict[str, dict[str, tuple[float, float]]], path: Path) -> None:
+    """``tiers[variant][group] = (l0, alive_fraction)``: bars per group."""
+    variants = [v for v in tiers if tiers[v]]
+    if not variants:
+        return
+    fig, (ax_l0, ax_alive) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(variants)
+    for i, variant in enumerate(variants):
+        groups = list(tiers[variant])
+        xs = [j + i * width for j in range(len(groups))]
+        ax_l0.bar(xs, [tiers[variant][g][0] for g in groups], width, label=variant)
+        ax_alive.bar(xs, [tiers[variant][g][1] for g in groups], width, label=variant)
+    n = max(len(tiers[v]) for v in variants)
+    for ax, title in ((ax_l0, "L0 per tier / group"), (ax_alive, "alive fraction per tier / group")):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(n)], [f"tier {j + 1}" for j in range(n)])
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    ax_alive.set_ylim(0, 1.05)
+    _save(fig, path)
+
+
+def feature_density(densities: dict[str, torch.Tensor], path: Path) -> None:
+    """Histogram of log10 firing frequency per latent; dead latents counted apart."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bins = torch.linspace(-7, 0, 50).tolist()
+    for variant, density in densities.items():
+        alive = density[density > 0]
+        dead = int((density == 0).sum())
+        ax.hist(torch.log10(alive).tolist(), bins=bins, histtype="step", linewidth=1.5, label=f"{variant} ({dead} dead)")
+    ax.set_xlabel("log10 firing frequency")
+    ax.set_ylabel("latents")
+    ax.set_title("Feature density")
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,141 @@
+"""`saezoo compare`: one stream for every variant, one report; and the registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from saezoo import catalog, hookimpl, plugins
+from saezoo.compare import resolve_variants, run_compare
+from saezoo_flat.sae import FlatSAE
+
+from helpers import FAST_SETS, assert_one_line_error, run_cli
+
+SEEN: dict[str, list[str]] = {}
+
+
+@dataclass
+class RecorderConfig:
+    expansion_factor: int = 2
+    """Latents per input dimension."""
+    l1_coefficient: float = 5.0
+    """L1 weight."""
+    init_decoder_norm: float = 0.1
+    """Initial decoder row norm."""
+    tag: str = "a"
+    """Which list of SEEN the batches go to."""
+
+
+class Recorder(FlatSAE):
+    """A flat SAE that records a hash of every training batch it sees."""
+
+    Config = RecorderConfig
+
+    def forward(self, x, knobs=None, dead_mask=None):
+        if self.training and x.requires_grad is False:
+            SEEN.setdefault(self.cfg.tag, []).append(hashlib.sha1(x.detach().cpu().numpy().tobytes()).hexdigest())
+        return super().forward(x, knobs, dead_mask)
+
+
+class RecorderPlugin:
+    @staticmethod
+    @hookimpl
+    def register_architectures(register):
+        register("recorder", Recorder)
+
+
+@pytest.fixture
+def recorder():
+    SEEN.clear()
+    plugins.register_plugin(RecorderPlugin, "recorder_plugin")
+    try:
+        yield
+    finally:
+        plugins.unregister_plugin(RecorderPlugin)
+
+
+def test_every_variant_sees_the_same_batches(recorder, tmp_path):
+    from saezoo.activations import synthetic
+
+    calls = []
+    original = synthetic.SyntheticSource._generate
+
+    def counting(self, n, stream):
+        calls.append(stream)
+        return original(self, n, stream)
+
+    synthetic.SyntheticSource._generate = counting
+    try:
+        variants = resolve_variants(
+            ["recorder", "recorder", "flat"], "constant", None, None,
+            {"data": {"source": "synthetic"}, "train": {"steps": 12}}, FAST_SETS, None,
+        )
+        # Both recorders share one tag: give the second its own list.
+        variants[1].run.sae.tag = "b"
+        run_compare(variants, tmp_path / "cmp", progress=False)
+    finally:
+        synthetic.SyntheticSource._generate = original
+    assert len(SEEN["a"]) == len(SEEN["b"]) == 12
+    assert SEEN["a"] == SEEN["b"]  # same tokens, same order
+    training_streams = [s for s in calls if s < 1 << 40]
+    # one init sample (stream 0) + one production per step: not one per variant
+    assert len(training_streams) == 1 + 12
+
+
+@pytest.mark.slow
+def test_compare_synthetic_report(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", "hsae", "flat", "--source", "synthetic", "--steps", "60", "--out", str(out), "-q"]
+    for s in FAST_SETS:
+        args += ["--set", s]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["variants"]) == {"hsae", "flat"}
+    flat = report["variants"]["flat"]["metrics"]
+    hsae = report["variants"]["hsae"]["metrics"]
+    assert "ccr/tier2" in hsae and "ccr_chance/tier2" in hsae
+    assert "ccr/group2" in flat  # the flat SAE grouped by firing frequency into hsae's tier sizes
+    for png in ("training_curves.png", "ev_vs_l0.png", "tier_activity.png", "feature_density.png"):
+        assert (out / png).stat().st_size > 10_000, png
+    md = (out / "report.md").read_text()
+    assert "| metric | hsae | flat |" in md and "| explained_variance |" in md
+    assert (out / "hsae" / "tb").is_dir() and (out / "flat" / "tb").is_dir()
+    assert "explained_variance" in proc.stdout
+
+
+def test_registry_round_trip_and_validation(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAEZOO_REGISTRY", str(tmp_path / "registry"))
+    run = tmp_path / "run"
+    args = ["train", "flat", "--source", "synthetic", "--steps", "10", "--out", str(run), "-q", "--register", "tiny-flat"]
+    for s in FAST_SETS:
+        args += ["--set", s]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    entry = catalog.get_entry("tiny-flat")
+    assert entry.architecture == "flat" and entry.metrics["explained_variance"] > -1
+    sae = catalog.load_entry(entry)
+    x = torch.randn(8, 64)
+    from saezoo.checkpoint import load_sae
+
+    torch.testing.assert_close(sae.encode(x), load_sae(run)[0].encode(x))
+    listing = run_cli("registry", "list")
+    assert "tiny-flat" in listing.stdout
+    # A comparison evaluates the registry entry on the same tokens instead of retraining it.
+    cmp_args = ["compare", "flat", "tiny-flat", "--source", "synthetic", "--steps", "10", "--out", str(tmp_path / "cmp"), "-q"]
+    for s in FAST_SETS:
+        cmp_args += ["--set", s]
+    proc = run_cli(*cmp_args)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    assert report["variants"]["tiny-flat"]["registry_entry"] == "tiny-flat"
+    # Altered weights and a broken manifest are clear errors.
+    weights = entry.weights_file()
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    assert_one_line_error(run_cli("registry", "show", "tiny-flat"), "does not match its sha256")
+    entry.manifest.write_text(entry.manifest.read_text().replace("d_in = 64", 'd_in = "x"'))
+    assert_one_line_error(run_cli("registry", "show", "tiny-flat"), "field 'd_in' must be a int")
