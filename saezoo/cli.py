@@ -103,10 +103,13 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train one SAE and print its held-out metrics."""
-    from saezoo import checkpoint
+    from saezoo import checkpoint, distributed
     from saezoo.activations.factory import build_source
     from saezoo.config import resolve_run, run_from_dict
+    from saezoo.train import resolve_device
     from saezoo.train import train as run_training
+
+    distributed.init_from_env()
 
     if resume is not None:
         header = checkpoint.read_cfg(resume)
@@ -129,8 +132,14 @@ def train(
             tokens=tokens,
         )
         out_dir = _prepare_out(out, architecture)
-    src = build_source(run.data, tokens=run.train.steps * run.train.batch_size, seed=run.train.seed)
+    distributed.barrier()  # every rank has checked --out before rank 0 writes into it
+    src = build_source(
+        run.data, tokens=run.train.steps * run.train.batch_size, seed=run.train.seed,
+        device=str(resolve_device(run.train.device)),
+    )
     metrics = run_training(run, out_dir, src, resume=resume is not None, progress=not quiet)
+    if not distributed.is_main():
+        return
     _print_metrics(metrics, title=f"{run.architecture} -> {out_dir}")
     if register is not None:
         from saezoo import catalog
@@ -161,7 +170,8 @@ def eval_(
     if downstream_tokens is not None and downstream_tokens < 0:
         raise UsageError(f"--downstream-tokens must be >= 0, got {downstream_tokens}")
     dev = resolve_device(device or run.train.device)
-    src = build_source(run.data, tokens=0, seed=run.train.seed)
+    # The training token count is part of the cache key; evaluation reads only held-out data.
+    src = build_source(run.data, tokens=run.train.steps * run.train.batch_size, seed=run.train.seed, device=str(dev))
     x = src.eval_activations(tokens or run.train.eval_tokens)
     n_downstream = run.train.downstream_tokens if downstream_tokens is None else downstream_tokens
     metrics = full_evaluation(sae, src, x, run.train.batch_size, dev, downstream_tokens=n_downstream)

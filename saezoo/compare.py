@@ -133,7 +133,8 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> di
     base = trained[0].run if trained else None
     if base is None:
         raise UsageError("compare needs at least one architecture to train (registry entries alone: use saezoo eval)")
-    source = build_source(base.data, tokens=base.train.steps * base.train.batch_size, seed=base.train.seed)
+    device = resolve_device(base.train.device)
+    source = build_source(base.data, tokens=base.train.steps * base.train.batch_size, seed=base.train.seed, device=str(device))
     for v in variants:
         if v.entry is not None and v.entry.d_in != source.d_in:
             raise UsageError(f"registry entry {v.entry.name!r} has d_in {v.entry.d_in}, the stream has {source.d_in}")
@@ -144,7 +145,6 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> di
             raise UsageError(f"--out {out} already holds a comparison ({d.name}); choose another --out")
     train_many([v.run for v in trained], dirs, source, progress=progress)
 
-    device = resolve_device(base.train.device)
     eval_x = source.eval_activations(base.train.eval_tokens)
     saes = {}
     for v, d in zip(trained, dirs):

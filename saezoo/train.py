@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from saezoo import checkpoint as ckpt
+from saezoo import distributed
 from saezoo.activations.source import ActivationSource
 from saezoo.config import RunConfig
 from saezoo.curriculum import Curriculum, check_compatible
@@ -119,8 +120,9 @@ class Trainee:
         if self.cfg.normalize:
             self.scale = float(math.sqrt(sample.shape[1] / sample.double().pow(2).sum(-1).mean()))
         self.sae.init_from_data(sample.to(self.device) * self.scale)
-        header = ckpt.run_header(self.run.architecture, self.sae.d_in, self.run.to_dict(), self.source_key)
-        ckpt.write_json(self.out_dir / ckpt.CFG_FILE, header)
+        if distributed.is_main():
+            header = ckpt.run_header(self.run.architecture, self.sae.d_in, self.run.to_dict(), self.source_key)
+            ckpt.write_json(self.out_dir / ckpt.CFG_FILE, header)
         self.open_writer()
         self.save_checkpoint()
 
@@ -153,7 +155,8 @@ class Trainee:
         self.open_writer()
 
     def open_writer(self) -> None:
-        self.writer = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=self.step if self.step else None)
+        if distributed.is_main():
+            self.writer = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=self.step if self.step else None)
 
     # --- one step -------------------------------------------------------------------------
     def train_step(self, x: Tensor) -> StepResult:
@@ -173,6 +176,7 @@ class Trainee:
         loss = sum(out.losses.values())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.sae)
         self.sae.after_backward()
         grad_norms = self.clip_gradients()
         finite = bool(torch.isfinite(torch.stack([loss.detach().float(), *grad_norms.values()])).all())
@@ -186,8 +190,8 @@ class Trainee:
             self.nonfinite_total += 1
             self.nonfinite_run += 1
         with torch.no_grad():
-            fired = (out.codes != 0).any(0)
-            self.tokens_since_fired += x.shape[0]
+            fired = distributed.any_rank((out.codes != 0).any(0).int()).bool()
+            self.tokens_since_fired += x.shape[0] * distributed.world()
             self.tokens_since_fired[fired] = 0
         self.step += 1
         if self.step % cfg.log_every == 0 or not finite or self.step == cfg.steps:
@@ -286,6 +290,9 @@ class Trainee:
         return metrics
 
     def save_checkpoint(self) -> None:
+        if not distributed.is_main():
+            self.last_checkpoint = self.step
+            return
         tensors = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
         opt_state = self.opt.state_dict()
         for index, state in opt_state["state"].items():
@@ -345,10 +352,17 @@ def train_many(
     resume: bool = False,
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Train one SAE per run on the same stream of batches; return their final metrics."""
+    """Train one SAE per run on the same stream of batches; return their final metrics.
+
+    With several runs, one that diverges stops alone (its metrics say so); with one run,
+    divergence raises. Under torchrun, non-main ranks return empty metrics.
+    """
     train_cfg = runs[0].train
-    device = resolve_device(train_cfg.device)
+    device = distributed.local_device(resolve_device(train_cfg.device))
     steps, batch_size = train_cfg.steps, train_cfg.batch_size
+    if batch_size % distributed.world():
+        raise UsageError(f"train.batch_size {batch_size} must be divisible by the {distributed.world()} processes")
+    main = distributed.is_main()
     trainees = [Trainee(run, source.d_in, out, source.describe(), device) for run, out in zip(runs, out_dirs)]
     eval_x = source.eval_activations(train_cfg.eval_tokens)
     if resume:
@@ -358,39 +372,51 @@ def train_many(
         sample = next(source.batches(INIT_TOKENS, start=0))
         for t in trainees:
             t.start(sample)
+    failures: dict[int, str] = {}
     start = min(t.step for t in trainees)
-    bar = _progress(progress)
+    bar = _progress(progress and main)
     task = bar.add_task(_describe(runs), total=steps, completed=start, tps=0.0, info="")
     tokens_done, t0 = 0, time.perf_counter()
     try:
         with stop_on_signals() as received, bar:
             batches = source.batches(batch_size, start=start)
             for step in range(start, steps):
-                x = next(batches)
+                x = distributed.shard(next(batches))
+                for i, t in enumerate(trainees):
+                    if t.step == step and i not in failures:
+                        try:
+                            t.train_step(x)
+                        except TrainingDiverged as exc:
+                            if len(trainees) == 1:
+                                raise
+                            failures[i] = str(exc)
+                tokens_done += x.shape[0] * distributed.world()
                 for t in trainees:
-                    if t.step == step:
-                        t.train_step(x)
-                tokens_done += x.shape[0]
-                for t in trainees:
-                    if train_cfg.eval_every and t.step % train_cfg.eval_every == 0 and t.step < steps:
+                    if main and train_cfg.eval_every and t.step % train_cfg.eval_every == 0 and t.step < steps:
                         t.evaluate(eval_x, source)
                     if train_cfg.checkpoint_every and t.step % train_cfg.checkpoint_every == 0:
                         t.save_checkpoint()
-                if received:
+                if distributed.any_rank(torch.tensor([len(received)], device=device)).item():
                     for t in trainees:
                         t.save_checkpoint()
                     where = " ".join(str(t.out_dir) for t in trainees)
                     raise Interrupted(
-                        f"{received[0]} received: checkpoint saved at step {step + 1}; "
+                        f"{received[0] if received else 'a stop signal'} received: checkpoint saved at step {step + 1}; "
                         f"resume with: saezoo train --resume {where}"
                     )
                 if (step + 1) % train_cfg.log_every == 0 or step + 1 == steps:
                     elapsed = max(time.perf_counter() - t0, 1e-9)
                     bar.update(task, completed=step + 1, tps=tokens_done / elapsed, info=_loss_text(trainees))
         results = []
-        for t in trainees:
-            t.save_checkpoint()
-            results.append(t.evaluate(eval_x, source, final=True))
+        for i, t in enumerate(trainees):
+            if i not in failures:
+                t.save_checkpoint()
+            metrics = t.evaluate(eval_x, source, final=True) if main else {}
+            if i in failures:
+                # The weights are the last finite ones: skipped steps never update them.
+                metrics.update({"diverged": 1.0})
+                metrics["divergence"] = failures[i]  # type: ignore[assignment]
+            results.append(metrics)
         return results
     finally:
         for t in trainees:

@@ -8,8 +8,9 @@ from saezoo.config import DataConfig
 from saezoo.errors import UsageError
 
 
-def build_source(data: DataConfig, tokens: int, seed: int) -> ActivationSource:
-    """The source of ``data``; ``tokens`` is how many training tokens the run will read."""
+def build_source(data: DataConfig, tokens: int, seed: int, device: str = "cpu") -> ActivationSource:
+    """The source of ``data``; ``tokens`` is how many training tokens the run will read;
+    ``device`` is where a language model runs."""
     if data.source == "synthetic":
         try:
             return SyntheticSource(data.synthetic)
@@ -17,4 +18,4 @@ def build_source(data: DataConfig, tokens: int, seed: int) -> ActivationSource:
             raise UsageError(f"data.synthetic: {exc}") from None
     from saezoo.activations.model import ModelSource  # transformers is slow to import
 
-    return ModelSource.from_config(data, tokens=tokens, seed=seed)
+    return ModelSource.from_config(data, tokens=tokens, seed=seed, device=device)
