@@ -17,6 +17,7 @@ us is unpickled.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -57,9 +58,19 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if _out_of_space(exc):
+            raise UsageError(f"cannot write {path}: no space left ({exc}); free some space or choose another --out") from None
         raise
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """Disk full, quota or file-size limit, whether raised by Python or by a Rust writer."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    text = str(exc)
+    return any(marker in text for marker in ("No space left", "File too large", "Disk quota", "os error 28", "os error 27"))
 
 
 def remove_temporaries(directory: Path) -> None:

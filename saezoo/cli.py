@@ -150,20 +150,35 @@ def train(
 
 @app.command("eval")
 def eval_(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `saezoo train`.")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `saezoo train`, or a SAELens directory (cfg.json + sae_weights.safetensors).")],
     tokens: Annotated[Optional[int], typer.Option("--tokens", help="Held-out tokens to evaluate on (default: the run's eval_tokens).")] = None,
     downstream_tokens: Annotated[Optional[int], typer.Option("--downstream-tokens", help="Tokens for spliced CE/KL (model sources; default: the run's downstream_tokens).")] = None,
     device: DeviceOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    source: Annotated[Optional[str], typer.Option("--source", help="SAELens directories only: model or synthetic.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="SAELens directories only: registered model name, hub id or local path.")] = None,
+    hook: Annotated[Optional[str], typer.Option("--hook", help="SAELens directories only: module the SAE reads, e.g. model.layers.6 (not a TransformerLens hook name).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="SAELens directories only: registered corpus name, hub id or local text files.")] = None,
+    context_length: Annotated[Optional[int], typer.Option("--context-length", help="SAELens directories only: tokens per context.")] = None,
 ) -> None:
-    """Evaluate a trained SAE on held-out activations of its own data source."""
-    from saezoo import checkpoint
+    """Evaluate a trained SAE on held-out activations of its own data source (a SAELens
+    directory: of the source given by --model/--hook/--dataset or --source; docs/interop.md)."""
+    from saezoo import checkpoint, export
     from saezoo.activations.factory import build_source
     from saezoo.config import run_from_dict
     from saezoo.evaluate import full_evaluation
     from saezoo.train import resolve_device
 
-    sae, header = checkpoint.load_sae(run_dir)
+    data_options = {"source": source, "model": model, "hook": hook, "dataset": dataset, "context_length": context_length}
+    saelens = export.is_saelens_dir(run_dir)
+    if saelens:
+        sae, info = export.import_saelens(run_dir)
+        header = export.eval_header(info, data_options, run_dir)
+    else:
+        given = [f"--{k.replace('_', '-')}" for k, v in data_options.items() if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: data options are for SAELens directories only; a saezoo run is evaluated on its own data source")
+        sae, header = checkpoint.load_sae(run_dir)
     run = run_from_dict(header)
     if tokens is not None and tokens < 1:
         raise UsageError(f"--tokens must be >= 1, got {tokens}")
@@ -173,13 +188,17 @@ def eval_(
     # The training token count is part of the cache key; evaluation reads only held-out data.
     src = build_source(run.data, tokens=run.train.steps * run.train.batch_size, seed=run.train.seed, device=str(dev))
     x = src.eval_activations(tokens or run.train.eval_tokens)
+    if x.shape[-1] != sae.d_in:
+        raise UsageError(f"{run_dir}: the SAE reads {sae.d_in}-dimensional activations, the data source gives {x.shape[-1]}")
     n_downstream = run.train.downstream_tokens if downstream_tokens is None else downstream_tokens
     metrics = full_evaluation(sae, src, x, run.train.batch_size, dev, downstream_tokens=n_downstream)
-    checkpoint.write_json(Path(run_dir) / checkpoint.METRICS_FILE, metrics)
+    if not saelens:  # a SAELens directory is left as it is
+        checkpoint.write_json(Path(run_dir) / checkpoint.METRICS_FILE, metrics)
     if as_json:
         typer.echo(json.dumps(metrics, sort_keys=True))
     else:
-        _print_metrics(metrics, title=str(run_dir))
+        title = f"{run_dir} (SAELens {info['saelens_architecture']} as saezoo {info['architecture']})" if saelens else str(run_dir)
+        _print_metrics(metrics, title=title)
 
 
 @app.command()
@@ -294,6 +313,22 @@ def cache_clear(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `saezoo train`.")],
+    out: Annotated[Path, typer.Argument(help="Directory to write (created; must not hold an SAE already).")],
+    format_: Annotated[str, typer.Option("--format", help="Target format: saelens (cfg.json + sae_weights.safetensors, SAELens 6.x).")] = "saelens",
+) -> None:
+    """Write a trained SAE in another library's format, checked by reading it back (docs/interop.md)."""
+    from saezoo.export import export_run
+
+    done = export_run(run_dir, out, format_)
+    typer.echo(
+        f"{done['architecture']} -> {done['format']} {done['saelens_architecture']} "
+        f"(d_in {done['d_in']}, d_sae {done['d_sae']}): {done['out']}"
+    )
+
+
+@app.command()
 def plugins() -> None:
     """The installed plugins, where each comes from, its hooks and what it registers."""
     from rich.console import Console
@@ -387,12 +422,12 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except SaezooError as exc:
-        print(f"saezoo: error: {exc}", file=sys.stderr)
+        print(f"saezoo: error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
         sys.exit(exc.exit_code)
     except click_exceptions.UsageError as exc:
         print(f"saezoo: error: {exc.format_message()}", file=sys.stderr)
         sys.exit(2)
-    except click_exceptions.Abort:
+    except typer.Abort:
         print("saezoo: aborted", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:

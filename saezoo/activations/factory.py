@@ -16,6 +16,6 @@ def build_source(data: DataConfig, tokens: int, seed: int, device: str = "cpu") 
             return SyntheticSource(data.synthetic)
         except ValueError as exc:
             raise UsageError(f"data.synthetic: {exc}") from None
-    from saezoo.activations.model import ModelSource  # transformers is slow to import
+    from saezoo.activations.model_source import ModelSource  # transformers is slow to import
 
     return ModelSource.from_config(data, tokens=tokens, seed=seed, device=device)

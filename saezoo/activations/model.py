@@ -22,6 +22,12 @@ from saezoo.plugins import get_plugins
 
 def load_model(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, object]:
     """Load ``(model, tokenizer)`` by registered name, hub id or local path: float32, eval mode."""
+    from transformers.utils import logging as hf_logging
+
+    # saezoo shows its own progress; transformers' bars and notices would break the
+    # one-line error contract of the CLI.
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     plugins = get_plugins()
     if name in plugins.models:
         model, tokenizer = plugins.models.get(name)()
