@@ -98,6 +98,11 @@ class DataConfig:
     """Tokens per context; BOS is prepended and excluded."""
     max_norm_multiple: float = 10.0
     """Tokens with norm above this multiple of the median are excluded as outliers."""
+    harvest_tokens: int | None = 131072
+    """Distinct activations harvested from the model; a run that reads more cycles through
+    them, reshuffled each epoch (a notice says so). The default suits the embedded demo on
+    a CPU (a few minutes); set it to the run's token count, or none for "as many as training
+    reads", for real training."""
     cache: bool = True
     """Harvest activations to a disk cache and reuse it."""
     cache_dir: str | None = None

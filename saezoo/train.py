@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import signal
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -372,6 +373,13 @@ def train_many(
         sample = next(source.batches(INIT_TOKENS, start=0))
         for t in trainees:
             t.start(sample)
+    distinct = getattr(source, "n_tokens", None)
+    if main and distinct is not None and distinct < steps * batch_size:
+        print(
+            f"saezoo: note: {steps * batch_size:,} training activations from {distinct:,} distinct ones "
+            f"({steps * batch_size / distinct:.1f} epochs); raise data.harvest_tokens for more",
+            file=sys.stderr,
+        )
     failures: dict[int, str] = {}
     start = min(t.step for t in trainees)
     bar = _progress(progress and main)

@@ -7,12 +7,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from activations_helpers import REPO  # noqa: F401  (puts the built-in plugins on the path)
+from activations_helpers import REPO  # also puts the built-in plugins on the path
+from saezoo_demo import assets, corpora
 
 from saezoo.activations import text
 from saezoo.activations.model import default_hook, hooked_activations, load_model
 from saezoo.errors import UsageError
-from saezoo_demo import assets, corpora
 
 # Assets converted by `bash scripts/fetch_assets.sh` outside the test's private cache.
 USER_CACHE = Path("~/.cache/saezoo").expanduser()
@@ -49,6 +49,7 @@ def test_chapters_reflow_paragraphs():
     ]
 
 
+@pytest.mark.slow  # imports rdata
 @pytest.mark.skipif(not (USER_CACHE / "assets" / "janeaustenr" / "extracted").is_dir(),
                     reason="r-cran-janeaustenr not fetched: bash scripts/fetch_assets.sh")
 def test_convert_austen(tmp_path, monkeypatch):

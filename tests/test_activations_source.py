@@ -208,3 +208,12 @@ def test_bad_arguments(tmp_path, llama_dir, corpus_file):  # noqa: F811
         source(llama_dir, corpus_file, tmp_path, n_tokens=0)
     with pytest.raises(UsageError, match="no module 'model.layers.9'.*model.layers.3"):
         _ = source(llama_dir, corpus_file, tmp_path, hook="model.layers.9").d_in
+
+
+def test_from_config(tmp_path, llama_dir, corpus_file):  # noqa: F811
+    from saezoo.config import DataConfig
+
+    data = DataConfig(model=str(llama_dir), dataset=str(corpus_file), context_length=32, cache_dir=str(tmp_path))
+    src = ModelSource.from_config(data, tokens=600, seed=3)
+    assert (src.model_name, src.context_length, src.n_tokens, src.seed) == (str(llama_dir), 32, 600, 3)
+    assert src.describe()["hook"] == "model.layers.2"

@@ -108,6 +108,28 @@ class ModelSource:
         self._info: dict[str, Any] | None = None
         self._stream_harvester: Harvester | None = None
 
+    @classmethod
+    def from_config(cls, data: Any, tokens: int, seed: int, device: str = "cpu") -> ModelSource:
+        """The source a run's ``[data]`` section (:class:`saezoo.config.DataConfig`) describes,
+        for a run that reads ``tokens`` training activations (at most ``data.harvest_tokens``
+        of them distinct)."""
+        if data.harvest_tokens is not None and data.harvest_tokens <= 0:
+            raise UsageError(f"data.harvest_tokens must be positive or none, got {data.harvest_tokens}")
+        distinct = tokens if data.harvest_tokens is None else min(tokens, data.harvest_tokens)
+        return cls(
+            model=data.model,
+            hook=data.hook,
+            dataset=data.dataset,
+            text_column=data.text_column,
+            context_length=data.context_length,
+            n_tokens=max(distinct, 1),
+            seed=seed,
+            cache=data.cache,
+            cache_dir=data.cache_dir,
+            max_norm_multiple=data.max_norm_multiple,
+            device=device,
+        )
+
     # -- the model, loaded only when something needs it -------------------------------------
 
     @property
