@@ -193,7 +193,11 @@ def eval_(
     n_downstream = run.train.downstream_tokens if downstream_tokens is None else downstream_tokens
     metrics = full_evaluation(sae, src, x, run.train.batch_size, dev, downstream_tokens=n_downstream)
     if not saelens:  # a SAELens directory is left as it is
+        from saezoo import plots
+        from saezoo.evaluate import firing_density
+
         checkpoint.write_json(Path(run_dir) / checkpoint.METRICS_FILE, metrics)
+        plots.density_report(firing_density(sae, x.split(run.train.batch_size), dev), Path(run_dir))
     if as_json:
         typer.echo(json.dumps(metrics, sort_keys=True))
     else:

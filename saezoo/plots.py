@@ -90,3 +90,11 @@ def feature_density(densities: dict[str, torch.Tensor], path: Path) -> None:
     ax.set_title("Feature density")
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def density_report(density: torch.Tensor, run_dir: Path, writer=None, step: int = 0) -> None:
+    """A run's feature density: ``feature_density.png`` in the run directory, and a
+    TensorBoard histogram of log10 firing frequency (dead latents at -10)."""
+    feature_density({run_dir.name: density}, run_dir / "feature_density.png")
+    if writer is not None:
+        writer.add_histogram("eval/log10_feature_density", torch.log10(density.clamp_min(1e-10)), step)

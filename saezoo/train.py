@@ -30,7 +30,7 @@ from saezoo.activations.source import ActivationSource
 from saezoo.config import RunConfig
 from saezoo.curriculum import Curriculum, check_compatible
 from saezoo.errors import SaezooError, TrainingDiverged, UsageError
-from saezoo.evaluate import evaluate_sae, full_evaluation
+from saezoo.evaluate import evaluate_sae, firing_density, full_evaluation
 from saezoo.sae import SAE, group_slices
 
 # Tokens used to estimate the normalisation scale and initialise data-dependent weights.
@@ -286,8 +286,12 @@ class Trainee:
         if self.writer is not None:
             for name, value in metrics.items():
                 self.writer.add_scalar(f"eval/{name}", value, self.step)
-        if final:
+        if final and distributed.is_main():
+            from saezoo import plots
+
             ckpt.write_json(self.out_dir / ckpt.METRICS_FILE, metrics)
+            density = firing_density(sae, eval_x.split(self.cfg.batch_size), self.device)
+            plots.density_report(density, self.out_dir, self.writer, self.step)
         return metrics
 
     def save_checkpoint(self) -> None:

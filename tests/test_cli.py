@@ -19,7 +19,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_train_writes_run_directory(trained_run):
-    assert {"cfg.json", "sae.safetensors", "metrics.json", "state", "tb"} <= {p.name for p in trained_run.iterdir()}
+    assert {"cfg.json", "sae.safetensors", "metrics.json", "feature_density.png", "state", "tb"} <= {p.name for p in trained_run.iterdir()}
     cfg = json.loads((trained_run / "cfg.json").read_text())
     assert cfg["architecture"] == "flat" and cfg["d_in"] == 64 and cfg["source"]["source"] == "synthetic"
     assert not list(trained_run.rglob("*.tmp")), "temporary files left behind"

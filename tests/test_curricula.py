@@ -12,10 +12,11 @@ import torch
 
 import saezoo_curricula
 from saezoo import SAE, UsageError, hookspecs
-from saezoo.activations import SyntheticConfig, SyntheticSource
-from saezoo.config import field_docs
+from saezoo.activations.factory import build_source
+from saezoo.config import field_docs, resolve_run
 from saezoo.curriculum import check_compatible
 from saezoo.plugins import Plugins
+from saezoo.train import train
 from saezoo_curricula.schedules import Constant, KAnneal, SparsityWarmup, TierUnlock
 from saezoo_curricula.target_l0 import TargetL0
 from saezoo_flat.sae import FlatSAE
@@ -39,7 +40,9 @@ class StubConfig:
 class Stub(SAE):
     """Only what a curriculum reads: latent groups, width, cfg and the accepted knobs."""
 
-    def __init__(self, sizes=(8, 16, 24), k=4, knobs=frozenset({"sparsity_scale", "tier_sparsity_scale", "active_tiers", "k"})):
+    def __init__(
+        self, sizes=(8, 16, 24), k=4, knobs=frozenset({"sparsity_scale", "tier_sparsity_scale", "active_tiers", "k"})
+    ):
         super().__init__(4, StubConfig(k))
         self.sizes = sizes
         self.knobs = knobs
@@ -145,16 +148,33 @@ def test_target_l0_converges_on_toy_plant():
     assert knobs["sparsity_scale"] == pytest.approx(25.0, rel=1e-3)
 
 
-def test_target_l0_per_tier_shares():
-    c = make(TargetL0, Stub(), total=2000, target=12.0, tier_shares=[1, 2, 3])
-    plant = lambda k: {f"l0/tier{i + 1}": 10.0 / s for i, s in enumerate(k["tier_sparsity_scale"])}  # noqa: E731
+@pytest.mark.parametrize("shares", [[1, 2, 3], None])  # None: by width, and Stub's are 8, 16, 24
+def test_target_l0_per_tier_shares(shares):
+    def plant(knobs):
+        return {f"l0/tier{i + 1}": 10.0 / s for i, s in enumerate(knobs["tier_sparsity_scale"])}
+
+    c = make(TargetL0, Stub(), total=2000, target=12.0, per_tier=True, tier_shares=shares)
     scales = run_plant(c, plant)["tier_sparsity_scale"]
     assert [10.0 / s for s in scales] == pytest.approx([2.0, 4.0, 6.0], rel=1e-3)
 
 
-def test_target_l0_single_scale_without_tier_knob():
-    c = make(TargetL0, Stub(knobs=frozenset({"sparsity_scale"})))
-    assert set(c.knobs_at(0, {})) == {"sparsity_scale"}
+def test_target_l0_single_scale_unless_per_tier_and_accepted():
+    assert set(make(TargetL0).knobs_at(0, {})) == {"sparsity_scale"}
+    only_total = Stub(knobs=frozenset({"sparsity_scale"}))
+    assert set(make(TargetL0, only_total, per_tier=True).knobs_at(0, {})) == {"sparsity_scale"}
+
+
+def test_target_l0_damps_a_late_steep_response():
+    """L0 answers 100 steps late and with the cube of the scale: a fixed gain oscillates."""
+    history = [1.0] * 10  # scales of the last 10 readings, one reading every 10 steps
+
+    def plant(knobs):
+        history.append(knobs["sparsity_scale"])
+        return {"l0": 30.0 / history.pop(0) ** 3}
+
+    c = make(TargetL0, flat(), total=4000, target=12.0)
+    knobs = run_plant(c, plant, steps=4000)
+    assert 30.0 / knobs["sparsity_scale"] ** 3 == pytest.approx(12.0, rel=0.1)
 
 
 def test_target_l0_integrates_each_reading_once_after_start():
@@ -172,7 +192,9 @@ def test_target_l0_survives_a_dead_sae():
 
 
 def test_target_l0_state_round_trip():
-    plant = lambda k: {"l0": 50.0 / k["sparsity_scale"]}  # noqa: E731
+    def plant(knobs):
+        return {"l0": 50.0 / knobs["sparsity_scale"]}
+
     a = make(TargetL0, flat(), total=1000, target=5.0)
     run_plant(a, plant, steps=300)
     b = make(TargetL0, flat(), total=1000, target=5.0)
@@ -180,29 +202,22 @@ def test_target_l0_state_round_trip():
     stats = {"step": 300, "l0": 7.0}
     assert b.knobs_at(301, stats) == a.knobs_at(301, stats)
     with pytest.raises(UsageError, match="per_tier"):
-        make(TargetL0, Stub()).load_state_dict(a.state_dict())
+        make(TargetL0, Stub(), per_tier=True).load_state_dict(a.state_dict())
 
 
 @pytest.mark.slow
-def test_target_l0_brings_flat_sae_to_target():
-    """A flat SAE whose natural L0 here is about 8 is steered to 4, within 10 %."""
-    torch.manual_seed(0)
-    source = SyntheticSource(SyntheticConfig())
-    sae = FlatSAE(source.d_in, FlatSAE.Config(expansion_factor=4))
-    held_out = source.eval_activations(4096)
-    norm = math.sqrt(source.d_in / float(held_out.pow(2).sum(-1).mean()))
-    sae.init_from_data(held_out * norm)
-    steps, target = 800, 4.0
-    curriculum = TargetL0(TargetL0.Config(target=target), steps, sae)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
-    stats: dict = {}
-    for step, x in zip(range(steps), source.batches(512)):
-        out = sae(x * norm, curriculum.knobs_at(step, stats))
-        optimizer.zero_grad()
-        sum(out.losses.values()).backward()
-        optimizer.step()
-        if step % 10 == 0:
-            stats = {"step": step, "l0": float((out.codes > 0).sum(-1).float().mean())}
-    with torch.no_grad():
-        l0 = float((sae.encode(held_out * norm) > 0).sum(-1).float().mean())
-    assert l0 == pytest.approx(target, rel=0.1)
+def test_target_l0_brings_flat_sae_to_target(tmp_path):
+    """The trainer with a flat SAE whose L0 settles near 8.4 at its own coefficient."""
+    sets = [
+        "data.source=synthetic",
+        "sae.expansion_factor=4",
+        "train.steps=800",
+        "train.batch_size=512",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "train.eval_tokens=4096",
+        "curriculum.target=5",
+    ]
+    run = resolve_run("flat", curriculum="target-l0", sets=sets)
+    metrics = train(run, tmp_path, build_source(run.data, tokens=0, seed=0), progress=False)
+    assert metrics["l0"] == pytest.approx(5.0, rel=0.1)
