@@ -425,12 +425,14 @@ def eval_header(info: dict[str, Any], options: dict[str, Any], where: Path | str
     given = {k: v for k, v in options.items() if v is not None}
     if given.get("source", data.get("source")) != data.get("source"):
         data = {}  # another kind of source: the recorded settings do not apply
+    known = bool(data)  # a saezoo export's own source: hook None means its default block
     data.update(given)
     data.setdefault("source", "model")
     if data["source"] == "model":
-        if data.get("hook") is None and info.get("hf_hook_name"):
+        if data.get("hook") is None and not known and info.get("hf_hook_name"):
             data["hook"] = info["hf_hook_name"]
-        missing = [f"--{k}" for k in ("model", "hook", "dataset") if not data.get(k)]
+        missing = [f"--{k}" for k in ("model", "dataset") if not data.get(k)]
+        missing += [] if known or data.get("hook") else ["--hook"]
         if missing:
             hint = f" (its SAELens hook is {info['hook_name']!r}, a TransformerLens name)" if info.get("hook_name") else ""
             raise UsageError(

@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 # CUDA build of your choice before running this script.
 python3 -c "import torch" 2>/dev/null || python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e '.[demo,dev]'
+python3 -m pip install -q -e examples/saezoo-example-plugin
 bash scripts/fetch_assets.sh
