@@ -36,9 +36,11 @@ else:  # pragma: no cover
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
-    """Optimiser steps (``--tokens`` sets this to tokens // batch_size)."""
-    batch_size: int = 4096
+    steps: int = 400
+    """Optimiser steps (``--tokens`` sets this to tokens // batch_size). The defaults of
+    steps, batch size and data.harvest_tokens suit the embedded demo on a 2-core CPU
+    (minutes); real runs set --tokens."""
+    batch_size: int = 1024
     """Tokens per step."""
     lr: float = 1e-3
     """Peak learning rate."""
@@ -48,7 +50,7 @@ class TrainConfig:
     """Weight decay (AdamW only)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam's beta1 and beta2."""
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     """Steps of learning-rate warmup from 0 to lr."""
     warmup_shape: Literal["linear", "cubic"] = "linear"
     """Shape of the warmup ramp (the seed paper used cubic)."""
@@ -72,13 +74,13 @@ class TrainConfig:
     """bf16 autocast of the SAE's forward pass (CUDA)."""
     log_every: int = 10
     """Steps between TensorBoard scalars and progress updates."""
-    eval_every: int = 500
+    eval_every: int = 100
     """Steps between held-out evaluations (0: only at the end)."""
-    eval_tokens: int = 16384
-    """Held-out tokens used by the periodic evaluation."""
-    downstream_tokens: int = 4096
+    eval_tokens: int = 8192
+    """Held-out tokens for the evaluations (periodic and final)."""
+    downstream_tokens: int = 2048
     """Held-out tokens for the spliced CE/KL of the final evaluation (model sources; 0: skip)."""
-    checkpoint_every: int = 500
+    checkpoint_every: int = 100
     """Steps between checkpoints (0: only at the end)."""
 
 
@@ -98,7 +100,7 @@ class DataConfig:
     """Tokens per context; BOS is prepended and excluded."""
     max_norm_multiple: float = 10.0
     """Tokens with norm above this multiple of the median are excluded as outliers."""
-    harvest_tokens: int | None = 131072
+    harvest_tokens: int | None = 65536
     """Distinct activations harvested from the model; a run that reads more cycles through
     them, reshuffled each epoch (a notice says so). The default suits the embedded demo on
     a CPU (a few minutes); set it to the run's token count, or none for "as many as training
@@ -140,7 +142,16 @@ class RunConfig:
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstrings written under each field of a dataclass (its CLI help)."""
+    """The docstrings written under each field of a dataclass (its CLI help), including
+    the fields it inherits."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):
