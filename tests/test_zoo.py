@@ -142,7 +142,7 @@ def test_batchtopk_estimates_a_threshold_and_uses_it_in_eval_mode():
     sae = make(BatchTopKSAE)
     x = inputs()
     out = sae(x)
-    assert sae.threshold == out.codes[out.codes > 0].min()  # the first estimate is exact
+    torch.testing.assert_close(sae.threshold, out.codes[out.codes > 0].min().detach())  # the first estimate is exact
     sae(inputs(seed=2))
     assert sae.threshold_updates == 2
     sae.eval()
@@ -204,15 +204,17 @@ def test_gated_aux_loss_leaves_the_decoder_frozen():
     assert sae.W_gate.grad.abs().sum() > 0
 
 
-def _train_on_synthetic(sae: SAE, source: SyntheticSource, steps: int, batch_size: int) -> tuple[float, float, float]:
+def _train_on_synthetic(sae: SAE, knobs: dict[str, float], steps: int, batch_size: int) -> tuple[float, float, float]:
     """Explained variance, L0 and dead fraction after a minimal Adam loop on normalised inputs."""
+    source = SyntheticSource(SyntheticConfig())
     held_out = source.eval_activations(8192)
     scale = (source.d_in / held_out.pow(2).sum(-1).mean()).sqrt()
     sae.init_from_data(held_out[:4096] * scale)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
     silent_for = torch.zeros(sae.width)
-    for _, x in zip(range(steps), source.batches(batch_size)):
-        out = sae(x * scale, {}, silent_for * batch_size > 50_000)
+    for step, x in zip(range(steps), source.batches(batch_size)):
+        opt.param_groups[0]["lr"] = 1e-3 * min(1.0, 5 * (steps - step) / steps)  # decay over the last fifth
+        out = sae(x * scale, knobs, silent_for * batch_size > 50_000)
         opt.zero_grad()
         sum(out.losses.values()).backward()
         sae.after_backward()
@@ -224,13 +226,44 @@ def _train_on_synthetic(sae: SAE, source: SyntheticSource, steps: int, batch_siz
         x = held_out * scale
         codes = sae.encode(x)
         fvu = (x - sae.decode(codes)).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-        return 1 - fvu.item(), (codes > 0).sum(-1).float().mean().item(), ((codes > 0).sum(0) == 0).float().mean().item()
+        return (
+            1 - fvu.item(),
+            (codes > 0).sum(-1).float().mean().item(),
+            ((codes > 0).sum(0) == 0).float().mean().item(),
+        )
+
+
+# The synthetic tokens hold about 3 features, so the TopK family gets a k near that. Only
+# the thresholds (JumpReLU) or gate biases (Gated) make those two sparse, and Adam moves
+# them by about the learning rate per step, so they get more, smaller steps; Gated also a
+# lighter penalty: its default, right for language models, needs longer here (the trainer,
+# 2000 steps of 1024 tokens: explained variance 0.97 at L0 3).
+SYNTHETIC_RUNS = [
+    pytest.param(TopKSAE, {"k": 8}, {}, 1000, 256, id="TopKSAE"),
+    pytest.param(BatchTopKSAE, {"k": 8}, {}, 1000, 256, id="BatchTopKSAE"),
+    pytest.param(MatryoshkaSAE, {"k": 8}, {}, 1000, 256, id="MatryoshkaSAE"),
+    pytest.param(JumpReLUSAE, {}, {}, 2000, 128, id="JumpReLUSAE"),
+    pytest.param(GatedSAE, {}, {"sparsity_scale": 0.4}, 2000, 128, id="GatedSAE"),
+]
+
+
+@pytest.fixture
+def one_thread():
+    """Models this small only lose to threading overhead, and lose tenfold when other
+    processes hold the cores (measured on 2 busy cores: 11 minutes for these runs, against 1.5)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
-def test_each_variant_learns_the_synthetic_features(cls):
-    source = SyntheticSource(SyntheticConfig())
-    sae = make(cls, d_in=source.d_in, k=8) if cls in TOPK_FAMILY else make(cls, d_in=source.d_in)
-    explained_variance, l0, dead = _train_on_synthetic(sae, source, steps=300, batch_size=1024)
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize(("cls", "overrides", "knobs", "steps", "batch_size"), SYNTHETIC_RUNS)
+def test_each_variant_learns_the_synthetic_features(cls, overrides, knobs, steps, batch_size):
+    # Not seed 0: the source draws its true directions from seed 0, so an SAE initialised
+    # from the same seed would start with them as its first decoder rows.
+    sae = make(cls, d_in=SyntheticConfig().d_in, seed=1, **overrides)
+    explained_variance, l0, dead = _train_on_synthetic(sae, knobs, steps, batch_size)
     assert explained_variance >= 0.9, (explained_variance, l0, dead)
+    assert l0 <= 32, (explained_variance, l0, dead)

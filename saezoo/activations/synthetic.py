@@ -25,6 +25,10 @@ from saezoo.activations.source import GroundTruth
 
 # Batches for evaluation come from this seed offset, far from any training batch index.
 _EVAL_STREAM = 1 << 40
+# The source's random streams are offset from the seeds users give SAEs (0, 1, 2, ...):
+# with equal seeds, an SAE's random init would otherwise copy the true directions.
+_DIRECTIONS_SEED = 0x5EED_D1EC
+_STREAM_SEED = 0x5EED_BA7C << 20
 
 
 @dataclass
@@ -61,7 +65,7 @@ class SyntheticSource:
         self.n_features = cfg.n_parents + n_children + cfg.n_independent
         if self.n_features == 0:
             raise ValueError("synthetic source has no features")
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(_DIRECTIONS_SEED + cfg.seed)
         directions = torch.randn(self.n_features, cfg.d_in, generator=gen)
         directions /= directions.norm(dim=-1, keepdim=True)
         parent = torch.full((self.n_features,), -1, dtype=torch.long)
@@ -78,7 +82,7 @@ class SyntheticSource:
         """``n`` activation vectors and the true feature coefficients behind them."""
         cfg = self.cfg
         # Each batch has its own generator, so batch i is the same whatever came before it.
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + stream)
+        gen = torch.Generator().manual_seed(_STREAM_SEED + cfg.seed * 1_000_003 + stream)
         P, C, I = cfg.n_parents, cfg.children_per_parent, cfg.n_independent
         active = torch.zeros(n, self.n_features, dtype=torch.bool)
         parents_on = torch.rand(n, P, generator=gen) < cfg.p_parent

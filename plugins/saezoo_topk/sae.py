@@ -1,0 +1,257 @@
+"""TopK (Gao et al. 2024) and BatchTopK (Bussmann et al. 2024) SAEs, and the code they
+share with Matryoshka SAEs (``saezoo_matryoshka`` builds on :class:`BatchTopKSAE`).
+
+codes = select(ReLU(W_enc (x - b_dec) + b_enc)), x_hat = W_dec codes + b_dec, where
+``select`` keeps the k largest pre-activations of each token (TopK) or the batch x k
+largest of the whole batch (BatchTopK). The sparsity is fixed by construction, so the
+loss is the reconstruction error plus AuxK, which revives dead latents by asking them to
+explain what the live ones leave over.
+
+Decoding is sparse: only the selected decoder rows are gathered (``embedding_bag`` with
+per-sample weights), in the forward pass and the backward pass alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saezoo import SAE, SAEOutput
+from saezoo.sae import remove_parallel_grad_, unit_norm_rows_
+
+
+@dataclass
+class TopKConfig:
+    expansion_factor: int = 8
+    """Latents per input dimension (width = expansion_factor * d_in)."""
+    k: int = 32
+    """Active latents per token (the L0); a k-anneal curriculum may vary it per step."""
+    aux_k: int | None = None
+    """Dead latents AuxK lets reconstruct the residual, per token (None: d_in // 2, as Gao et al.)."""
+    aux_coefficient: float = 1 / 32
+    """Weight of the AuxK loss (Gao et al. 2024)."""
+    sparse_decode: bool = True
+    """Decode by gathering the k selected decoder rows instead of a dense matmul over all latents."""
+
+
+class ActiveLatents(NamedTuple):
+    """The selected codes of a batch in ``embedding_bag``'s layout: token t owns the
+    entries ``offsets[t]`` up to ``offsets[t + 1]`` of ``latent`` and ``value``."""
+
+    latent: Tensor
+    value: Tensor
+    offsets: Tensor
+
+
+def check_k(k: int, width: int, what: str = "k") -> None:
+    if not 1 <= k <= width:
+        raise ValueError(f"{what} must be between 1 and the width ({width} latents), got {k}")
+
+
+def sparse_decode(active: ActiveLatents, W_dec: Tensor) -> Tensor:
+    """sum_j value_j W_dec[latent_j] per token, without b_dec.
+
+    ``embedding_bag`` touches only the selected rows: its backward computes the value
+    gradients as dot products and accumulates W_dec's gradient row by row, so a step costs
+    O(batch x k x d_in) instead of O(batch x width x d_in). Unselected rows of W_dec get
+    an exact zero gradient."""
+    return F.embedding_bag(
+        active.latent, W_dec, active.offsets, mode="sum", per_sample_weights=active.value.to(W_dec.dtype)
+    )
+
+
+def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
+    """||x - x_hat||^2 summed over dimensions, averaged over tokens."""
+    return (x - x_hat).pow(2).sum(-1).mean()
+
+
+class TopKFamilySAE(SAE):
+    """What TopK, BatchTopK and Matryoshka share: parameters, a unit-norm decoder, sparse
+    decoding and AuxK. Subclasses define :meth:`select`."""
+
+    knobs = frozenset({"k"})
+
+    def __init__(self, d_in: int, cfg: TopKConfig):
+        super().__init__(d_in, cfg)
+        self.validate()
+        width = cfg.expansion_factor * d_in
+        W_dec = torch.randn(width, d_in)
+        unit_norm_rows_(W_dec)
+        self.W_dec = nn.Parameter(W_dec)
+        # Gao et al.: the encoder starts as the decoder's transpose, which alone removes
+        # most dead latents at initialisation.
+        self.W_enc = nn.Parameter(W_dec.t().clone())
+        self.b_enc = nn.Parameter(torch.zeros(width))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    def validate(self) -> None:
+        cfg = self.cfg
+        if cfg.expansion_factor < 1:
+            raise ValueError(f"expansion_factor must be >= 1, got {cfg.expansion_factor}")
+        width = cfg.expansion_factor * self.d_in
+        check_k(cfg.k, width)
+        if cfg.aux_k is not None:
+            check_k(cfg.aux_k, width, "aux_k")
+        if cfg.aux_coefficient < 0:
+            raise ValueError(f"aux_coefficient must be >= 0, got {cfg.aux_coefficient}")
+
+    # --- selection -------------------------------------------------------------------
+    def select(self, pre: Tensor, k: int) -> tuple[Tensor, ActiveLatents]:
+        """Dense codes ``[batch, width]`` and the same codes as :class:`ActiveLatents`."""
+        raise NotImplementedError
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """(x - b_dec) @ W_enc + b_enc, written so that b_dec's gradient through the encoder
+        is a vector product, (sum over tokens of grad_pre) @ W_enc.T: autograd on the plain
+        formula computes grad_pre @ W_enc.T for every token, a product as costly as the
+        encoder itself. ``zero_with_grad`` is exactly zero, so the values are unchanged."""
+        zero_with_grad = self.b_dec - self.b_dec.detach()
+        return (x - self.b_dec.detach()) @ self.W_enc + (self.b_enc - zero_with_grad @ self.W_enc)
+
+    def k_for(self, knobs: dict[str, float] | None) -> int:
+        k = int(round((knobs or {}).get("k", self.cfg.k)))
+        check_k(k, self.width, "k (knob)")
+        return k
+
+    # --- the contract ------------------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        return self.select(self.pre_activations(x), self.cfg.k)[0]
+
+    def decode(self, codes: Tensor) -> Tensor:
+        return codes @ self.W_dec + self.b_dec
+
+    def decode_selected(self, codes: Tensor, active: ActiveLatents) -> Tensor:
+        if self.cfg.sparse_decode:
+            return sparse_decode(active, self.W_dec) + self.b_dec
+        return self.decode(codes)
+
+    def forward(self, x: Tensor, knobs: dict[str, float] | None = None, dead_mask: Tensor | None = None) -> SAEOutput:
+        pre = self.pre_activations(x)
+        codes, active = self.select(pre, self.k_for(knobs))
+        x_hat = self.decode_selected(codes, active)
+        losses = {"mse": squared_error(x, x_hat), "auxk": self.auxk_loss(x - x_hat, pre, dead_mask)}
+        return SAEOutput(x_hat, codes, losses)
+
+    def auxk_loss(self, residual: Tensor, pre: Tensor, dead_mask: Tensor | None) -> Tensor:
+        """Gao et al.'s AuxK: the top ``aux_k`` dead latents of each token reconstruct the
+        residual the live latents left. It is zero when no latent is dead."""
+        dead = dead_mask.nonzero().squeeze(-1) if dead_mask is not None else None
+        if dead is None or dead.numel() == 0 or self.cfg.aux_coefficient == 0:
+            return pre.new_zeros(())
+        k_aux = min(self.cfg.aux_k or max(1, self.d_in // 2), dead.numel())
+        values, which = F.relu(pre[:, dead]).topk(k_aux, dim=-1)
+        batch = pre.shape[0]
+        active = ActiveLatents(dead[which].flatten(), values.flatten(), torch.arange(batch, device=pre.device) * k_aux)
+        # The residual is a target: AuxK trains the dead latents, not the live ones.
+        return self.cfg.aux_coefficient * squared_error(residual.detach(), sparse_decode(active, self.W_dec))
+
+    def decoder_directions(self) -> Tensor:
+        return self.W_dec
+
+    @torch.no_grad()
+    def init_from_data(self, sample: Tensor) -> None:
+        # Gao et al. use the geometric median; the mean is close for activations and
+        # costs one pass.
+        self.b_dec.copy_(sample.mean(0))
+
+    def after_backward(self) -> None:
+        remove_parallel_grad_(self.W_dec)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        unit_norm_rows_(self.W_dec)
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        # Pre-activations, hence the selection (and any threshold on them), are unchanged.
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+
+
+class TopKSAE(TopKFamilySAE):
+    """The k largest pre-activations of each token (Gao et al. 2024)."""
+
+    Config = TopKConfig
+
+    def select(self, pre: Tensor, k: int) -> tuple[Tensor, ActiveLatents]:
+        values, latents = pre.topk(k, dim=-1, sorted=False)
+        values = F.relu(values)
+        codes = torch.zeros_like(pre).scatter_(-1, latents, values)
+        offsets = torch.arange(pre.shape[0], device=pre.device) * k
+        return codes, ActiveLatents(latents.flatten(), values.flatten(), offsets)
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    threshold_beta: float = 0.99
+    """Decay of the running (bias-corrected) average of the batch's selection threshold."""
+
+
+class BatchTopKSAE(TopKFamilySAE):
+    """The batch x k largest activations of the whole batch (Bussmann et al. 2024), so
+    a token gets as many latents as it needs, k on average.
+
+    Training keeps a running average of the smallest activation selected in each batch;
+    in eval mode that threshold replaces the batch selection (a JumpReLU with one global
+    threshold), so a token's codes no longer depend on the rest of its batch.
+    """
+
+    Config = BatchTopKConfig
+
+    def __init__(self, d_in: int, cfg: BatchTopKConfig):
+        super().__init__(d_in, cfg)
+        self.register_buffer("threshold", torch.zeros(()))
+        self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.cfg.threshold_beta < 1:
+            raise ValueError(f"threshold_beta must be in [0, 1), got {self.cfg.threshold_beta}")
+
+    def select(self, pre: Tensor, k: int) -> tuple[Tensor, ActiveLatents]:
+        # Until a threshold has been estimated, eval mode falls back to the batch selection.
+        if not self.training and self.threshold_updates > 0:
+            return self._select_above_threshold(pre)
+        return self._select_batch(pre, k)
+
+    def _select_batch(self, pre: Tensor, k: int) -> tuple[Tensor, ActiveLatents]:
+        batch, width = pre.shape
+        values, flat = F.relu(pre).flatten().topk(batch * k, sorted=False)
+        codes = pre.new_zeros(batch * width).scatter_(0, flat, values).view(batch, width)
+        if self.training:
+            self._update_threshold(values)
+        flat, order = flat.sort()
+        return codes, active_by_token(flat // width, flat % width, values[order], batch)
+
+    def _select_above_threshold(self, pre: Tensor) -> tuple[Tensor, ActiveLatents]:
+        codes = pre * (pre > self.threshold)
+        token, latent = codes.nonzero(as_tuple=True)
+        return codes, active_by_token(token, latent, codes[token, latent], pre.shape[0])
+
+    @torch.no_grad()
+    def _update_threshold(self, selected: Tensor) -> None:
+        positive = selected[selected > 0]
+        if positive.numel() == 0:
+            return
+        # The smallest of batch x k selected values hardly varies between batches, so a
+        # short memory (beta 0.99; 0.999 is also common) costs little noise and tracks the
+        # encoder as it trains; the bias correction (as in Adam's moments) keeps the first
+        # batches from weighing more than the rest.
+        self.threshold_updates += 1
+        beta = self.cfg.threshold_beta
+        weight = (1 - beta) / (1 - beta**self.threshold_updates)
+        self.threshold.lerp_(positive.min().to(self.threshold.dtype), weight)
+
+    def diagnostics(self) -> dict[str, float]:
+        return {"threshold": self.threshold.item()}
+
+
+def active_by_token(token: Tensor, latent: Tensor, value: Tensor, batch: int) -> ActiveLatents:
+    """:class:`ActiveLatents` from entries already sorted by ``token``."""
+    offsets = torch.searchsorted(token, torch.arange(batch, device=token.device))
+    return ActiveLatents(latent, value, offsets)
