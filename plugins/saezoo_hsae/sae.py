@@ -1,0 +1,388 @@
+"""The hierarchical SAE (HSAE) of the seed paper, with switches for each of its known fixes.
+
+Tiers are stacked: h_1 = ReLU(W_1 (x - b') + b_1), h_i = ReLU(W_i n(h_{i-1}) + b_i), where n
+is the identity or (paper) a LayerNorm. Every tier decodes straight to the input space and the
+reconstructions add up: x_hat = sum_i W'_i h_i + b'. The loss is the summed squared error plus
+one L1 term per tier, weighted by lambda * w_i with importance weights w on the simplex.
+
+The ``paper`` preset is the recipe as published; the defaults are the same idea with each fix
+of design §6 switched on. Each fix is one config field, so an ablation can turn it off alone
+(``python -m saezoo_hsae.ablation``; results in this package's README).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from saezoo import SAE, SAEOutput
+from saezoo.sae import remove_parallel_grad_, unit_norm_rows_
+
+# The paper's widths [768, 1536, 2304] on Gemma-2B (d_model 2048), as multiples of d_in.
+PAPER_TIER_EXPANSION = [768 / 2048, 1536 / 2048, 2304 / 2048]
+PAPER_IMPORTANCE_INIT = [0.1, 0.3, 0.6]
+MAX_BALANCE_LOGIT = 2.0
+
+
+@dataclass
+class HSAEConfig:
+    tier_expansion: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.0])
+    """Width of each tier as a multiple of d_in (rounded); one entry per tier. Only tier 1
+    sees the input, and 2 x d_in is the narrowest ReLU layer that can pass all of it on (its
+    positive and negative parts); later tiers widen, as in the paper."""
+    sparsity_coefficient: float = 2.0
+    """lambda: weight of the importance-weighted L1 penalty per token. With the importance
+    weights summing to 1, each tier's coefficient is lambda * w_i (inputs have E||x||^2 = d_in
+    under train.normalize)."""
+    importance: Literal["learned_softmax", "fixed", "balanced"] = "balanced"
+    """Importance weights w (softmax of per-tier logits): learned_softmax learns the logits from
+    the loss (paper; collapses onto the tier with the smallest L1), fixed keeps
+    importance_init, balanced moves them so each tier's share of the L1 mass matches its
+    share of the width (a tier carrying too much is penalised more, a silent one less)."""
+    importance_init: list[float] | None = None
+    """Initial importance weights, one per tier, normalised to sum 1 (the logits start at
+    their logs); None: equal weights."""
+    balance_rate: float = 0.002
+    """importance=balanced: step of the logit update per training step, times
+    log(L1 share / width share)."""
+    init: Literal["xavier", "decoder_transpose"] = "decoder_transpose"
+    """xavier: Xavier-uniform encoders and decoders (paper). decoder_transpose: random unit
+    decoder rows; tier 1's encoder is the decoder's transpose, tier i's is W'_{i-1} W'_i^T (a
+    tier-i latent reads its direction off tier i-1's reconstruction); init_from_data then
+    scales each tier's encoder so that every tier starts by reconstructing 1/k of the sample."""
+    decoder_norm: Literal["free", "unit", "penalty_weighted"] = "unit"
+    """free: no constraint (paper; the L1 can be dodged by shrinking codes and growing
+    decoder rows). unit: decoder rows renormalised to 1 after each step. penalty_weighted:
+    each code's L1 is weighted by its decoder row's norm."""
+    data_init_bias: bool = True
+    """Start the decoder bias b' at the mean of a data sample (the paper starts it at 0)."""
+    layernorm: bool = False
+    """LayerNorm on each tier's input codes (paper). On an all-zero (dead) tier its input
+    gradient scales as 1/sqrt(eps), about 316."""
+    revive_dead: bool = True
+    """Re-point latents the trainer reports dead (silent for train.dead_after_tokens) at
+    badly reconstructed tokens, with a weak encoder (Anthropic's resampling, 2023): L1 keeps
+    killing latents of the upper tiers, and a dead ReLU latent gets no gradient to return."""
+    tier_grad_clip: list[float] | None = None
+    """Max gradient norm of each tier's parameters, one per tier (paper: 1, 2, 5); None uses
+    train.grad_clip for every tier."""
+
+
+class _Tier(nn.Module):
+    """One tier: its encoder (from the previous tier or the input), decoder and importance
+    logit, kept together so that locking a tier is locking one module."""
+
+    def __init__(self, d_prev: int, width: int, d_in: int, layernorm: bool, importance_logit: float, learned: bool):
+        super().__init__()
+        self.W_enc = nn.Parameter(torch.empty(d_prev, width))
+        self.b_enc = nn.Parameter(torch.zeros(width))
+        self.W_dec = nn.Parameter(torch.empty(width, d_in))
+        self.norm = nn.LayerNorm(d_prev) if layernorm else nn.Identity()
+        logit = torch.tensor(importance_logit)
+        if learned:
+            self.importance_logit = nn.Parameter(logit)
+        else:
+            self.register_buffer("importance_logit", logit)
+
+
+class HSAE(SAE):
+    """Hierarchical SAE: stacked ReLU tiers, per-tier decoders, importance-weighted tier L1."""
+
+    Config = HSAEConfig
+    knobs = frozenset({"sparsity_scale", "tier_sparsity_scale", "active_tiers"})
+    presets = {
+        "paper": {
+            "sae": {
+                "tier_expansion": PAPER_TIER_EXPANSION,
+                "sparsity_coefficient": 0.04,
+                "importance": "learned_softmax",
+                "importance_init": PAPER_IMPORTANCE_INIT,
+                "init": "xavier",
+                "decoder_norm": "free",
+                "data_init_bias": False,
+                "layernorm": True,
+                "revive_dead": False,
+                "tier_grad_clip": [1.0, 2.0, 5.0],
+            },
+            "train": {
+                "optimizer": "adamw",
+                "lr": 3e-4,
+                "weight_decay": 1e-4,
+                "warmup_steps": 2000,
+                "warmup_shape": "cubic",
+                "decay": "none",
+                "batch_size": 2048,
+                "normalize": False,
+            },
+            # Residual streams have token norms in the hundreds; the synthetic source's are
+            # about 1.8, and 100x brings them to about 180 (raw, as the paper trained).
+            "data": {"synthetic": {"scale": 100.0}},
+        }
+    }
+
+    def __init__(self, d_in: int, cfg: HSAEConfig):
+        super().__init__(d_in, cfg)
+        self.validate()
+        self.tier_widths = [max(1, round(e * d_in)) for e in cfg.tier_expansion]
+        init = torch.tensor(cfg.importance_init or [1.0] * len(self.tier_widths))
+        logits = (init / init.sum()).log()
+        learned = cfg.importance == "learned_softmax"
+        dims = [d_in, *self.tier_widths]
+        self.tiers = nn.ModuleList(
+            _Tier(dims[i], dims[i + 1], d_in, cfg.layernorm and i > 0, float(logits[i]), learned)
+            for i in range(len(self.tier_widths))
+        )
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self._init_weights()
+        # What the last training forward saw: read by after_backward/after_step/diagnostics.
+        self._active_tiers = self.n_tiers
+        self._last_l0: list[float] = [0.0] * self.n_tiers
+        self._last_l1: list[float] = []
+        self._last_input_std: list[float] = [0.0] * self.n_tiers
+        self._to_revive: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def n_tiers(self) -> int:
+        return len(self.tier_widths)
+
+    def validate(self) -> None:
+        cfg = self.cfg
+        k = len(cfg.tier_expansion)
+        if k < 1 or any(e <= 0 for e in cfg.tier_expansion):
+            raise ValueError(f"tier_expansion needs at least one positive entry, got {cfg.tier_expansion}")
+        if cfg.importance_init is not None and (
+            len(cfg.importance_init) != k or any(w <= 0 for w in cfg.importance_init)
+        ):
+            raise ValueError(
+                f"importance_init needs {k} positive entries (one per tier), got {cfg.importance_init}"
+            )
+        if cfg.tier_grad_clip is not None and (
+            len(cfg.tier_grad_clip) != k or any(c <= 0 for c in cfg.tier_grad_clip)
+        ):
+            raise ValueError(f"tier_grad_clip needs {k} positive entries (one per tier), got {cfg.tier_grad_clip}")
+        if cfg.sparsity_coefficient < 0:
+            raise ValueError(f"sparsity_coefficient must be >= 0, got {cfg.sparsity_coefficient}")
+        if cfg.balance_rate < 0:
+            raise ValueError(f"balance_rate must be >= 0, got {cfg.balance_rate}")
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        if self.cfg.init == "xavier":
+            for tier in self.tiers:
+                nn.init.xavier_uniform_(tier.W_enc)
+                nn.init.xavier_uniform_(tier.W_dec)
+            return
+        previous = None
+        for tier in self.tiers:
+            tier.W_dec.normal_()
+            unit_norm_rows_(tier.W_dec)
+            tier.W_enc.copy_(tier.W_dec.t() if previous is None else previous @ tier.W_dec.t())
+            previous = tier.W_dec
+
+    # --- encoding and decoding ------------------------------------------------------------
+    def _tier_codes(self, x: Tensor, active: int) -> list[Tensor]:
+        codes, h = [], x - self.b_dec
+        for i, tier in enumerate(self.tiers):
+            if i >= active:
+                codes.append(x.new_zeros(*x.shape[:-1], self.tier_widths[i]))
+                continue
+            h = torch.relu(tier.norm(h) @ tier.W_enc + tier.b_enc)
+            codes.append(h)
+        return codes
+
+    def encode(self, x: Tensor) -> Tensor:
+        return torch.cat(self._tier_codes(x, self.n_tiers), dim=-1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        return codes @ self.decoder_directions() + self.b_dec
+
+    def decoder_directions(self) -> Tensor:
+        return torch.cat([tier.W_dec for tier in self.tiers], dim=0)
+
+    def latent_groups(self) -> list[tuple[str, int]]:
+        return [(f"tier{i + 1}", w) for i, w in enumerate(self.tier_widths)]
+
+    def tier_parents(self, tier: int) -> Tensor:
+        """Weights ``[d_tier, d_{tier-1}]`` from tier ``tier - 1``'s latents into tier ``tier``'s
+        (1-based, tier >= 2); a latent's parents are the columns with the largest weights.
+        A LayerNorm's gain multiplies its input, so it is folded in."""
+        if not 2 <= tier <= self.n_tiers:
+            raise ValueError(f"tier must be in 2..{self.n_tiers}, got {tier}")
+        module = self.tiers[tier - 1]
+        weights = module.W_enc.t()
+        if isinstance(module.norm, nn.LayerNorm):
+            weights = weights * module.norm.weight
+        return weights.detach()
+
+    def importance_weights(self) -> Tensor:
+        return torch.softmax(torch.stack([t.importance_logit for t in self.tiers]), dim=0)
+
+    # --- training ------------------------------------------------------------------------------
+    def forward(self, x: Tensor, knobs: dict[str, float] | None = None, dead_mask: Tensor | None = None) -> SAEOutput:
+        knobs = knobs or {}
+        active = int(knobs.get("active_tiers", self.n_tiers))
+        if not 1 <= active <= self.n_tiers:
+            raise ValueError(f"knob active_tiers must be in 1..{self.n_tiers}, got {active}")
+        tier_scales = list(knobs.get("tier_sparsity_scale", [1.0] * self.n_tiers))
+        if len(tier_scales) != self.n_tiers:
+            raise ValueError(f"knob tier_sparsity_scale needs {self.n_tiers} entries, got {len(tier_scales)}")
+        scale = float(knobs.get("sparsity_scale", 1.0)) * self.cfg.sparsity_coefficient
+
+        codes = self._tier_codes(x, active)
+        all_codes = torch.cat(codes, dim=-1)
+        x_hat = self.decode(all_codes)
+        losses = {"mse": (x_hat - x).pow(2).sum(-1).mean()}
+        weights = self.importance_weights()
+        mass = []
+        for i, (tier, h) in enumerate(zip(self.tiers, codes)):
+            if i >= active:
+                losses[f"l1/tier{i + 1}"] = x.new_zeros(())
+                continue
+            magnitude = h * tier.W_dec.norm(dim=-1) if self.cfg.decoder_norm == "penalty_weighted" else h
+            mass.append(magnitude.sum(-1).mean())
+            losses[f"l1/tier{i + 1}"] = scale * tier_scales[i] * weights[i] * mass[-1]
+
+        if self.training and torch.is_grad_enabled():
+            self._record(x, codes, active, mass)
+            revive = self.cfg.revive_dead and dead_mask is not None and dead_mask[: sum(self.tier_widths[:active])].any()
+            self._to_revive = (dead_mask.clone(), (x - x_hat).detach()) if revive else None
+        return SAEOutput(x_hat, all_codes, losses)
+
+    @torch.no_grad()
+    def _record(self, x: Tensor, codes: list[Tensor], active: int, mass: list[Tensor]) -> None:
+        self._active_tiers = active
+        self._last_l1 = [float(m) for m in mass]
+        self._last_l0 = [float((h > 0).sum(-1).float().mean()) for h in codes]
+        inputs = [x - self.b_dec, *codes[:-1]]
+        self._last_input_std = [float(h.std(-1).mean()) for h in inputs]
+
+    def _trained_tiers(self) -> list[_Tier]:
+        return list(self.tiers[: self._active_tiers])
+
+    def after_backward(self) -> None:
+        # A locked tier must stay bit-identical: Adam and AdamW skip a parameter whose grad is
+        # None (a zero grad would still move it through the moments and weight decay).
+        for tier in self.tiers[self._active_tiers :]:
+            for p in tier.parameters():
+                p.grad = None
+        if self.cfg.decoder_norm == "unit":
+            for tier in self._trained_tiers():
+                remove_parallel_grad_(tier.W_dec)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        trained = self._trained_tiers()
+        if self.cfg.decoder_norm == "unit":
+            for tier in trained:
+                unit_norm_rows_(tier.W_dec.data)
+        if self.cfg.importance == "balanced" and len(trained) > 1:
+            self._balance(trained)
+        if self._to_revive is not None:
+            self._revive(*self._to_revive)
+            self._to_revive = None
+
+    def _revive(self, dead_mask: Tensor, residual: Tensor) -> None:
+        # Tokens are drawn with probability proportional to their squared error, so new
+        # latents go where the dictionary is missing something.
+        weights = residual.pow(2).sum(-1)
+        if not torch.isfinite(weights).all() or weights.sum() <= 0:
+            return
+        start = 0
+        for i, tier in enumerate(self._trained_tiers()):
+            dead = dead_mask[start : start + self.tier_widths[i]].nonzero().squeeze(-1)
+            start += self.tier_widths[i]
+            alive = torch.ones(self.tier_widths[i], dtype=torch.bool, device=dead.device)
+            alive[dead] = False
+            if len(dead) == 0 or not alive.any():
+                continue
+            tokens = torch.multinomial(weights, len(dead), replacement=len(dead) > len(weights))
+            directions = residual[tokens] / residual[tokens].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            tier.W_dec[dead] = directions * tier.W_dec[alive].norm(dim=-1).mean()
+            # The encoder reads the direction off the input (tier 1) or off the previous
+            # tier's reconstruction, as at initialisation; a fifth of the typical alive
+            # encoder norm lets the latent start small instead of disrupting the fit.
+            reader = directions.t() if i == 0 else self.tiers[i - 1].W_dec @ directions.t()
+            reader = reader / reader.norm(dim=0, keepdim=True).clamp_min(1e-8)
+            tier.W_enc[:, dead] = reader * 0.2 * tier.W_enc[:, alive].norm(dim=0).mean()
+            tier.b_enc[dead] = 0.0
+
+    def _balance(self, trained: list[_Tier]) -> None:
+        widths = torch.tensor(self.tier_widths[: len(trained)], dtype=torch.float32)
+        target = widths / widths.sum()
+        # The L1 mass, not L0: a tier's L0 need not answer its weight (its codes can shrink
+        # while the next tier's weights grow, and keep firing), so a controller on L0 share
+        # can wind up without bound; the mass is what the weight acts on.
+        mass = torch.tensor(self._last_l1[: len(trained)])
+        share = mass / mass.sum() if mass.sum() > 0 else target
+        # The floor bounds the step when a tier is silent: its penalty falls at a steady pace
+        # until it fires again, instead of jumping by log(0).
+        step = self.cfg.balance_rate * (share.clamp_min(0.01 * target) / target).log()
+        for tier, s in zip(trained, step):
+            tier.importance_logit.add_(s)
+        # Softmax ignores a common shift; centring keeps the logits from drifting together.
+        # Where the penalty cannot move the tiers (lambda ~ 0, raw-scale inputs) the update
+        # would wind up for ever; the bound keeps any two weights within a factor e^4 ~ 55.
+        mean = torch.stack([t.importance_logit for t in self.tiers]).mean()
+        for tier in self.tiers:
+            tier.importance_logit.sub_(mean).clamp_(-MAX_BALANCE_LOGIT, MAX_BALANCE_LOGIT)
+
+    def gradient_groups(self) -> dict[str, tuple[list[nn.Parameter], float | None]]:
+        clips = self.cfg.tier_grad_clip or [None] * self.n_tiers
+        groups = {}
+        for i, tier in enumerate(self.tiers):
+            params = [p for p in tier.parameters() if p.requires_grad]
+            if i == 0:
+                params.append(self.b_dec)  # b' centres tier 1's input
+            groups[f"tier{i + 1}"] = (params, clips[i])
+        return groups
+
+    def diagnostics(self) -> dict[str, float]:
+        out = {}
+        weights = self.importance_weights().detach()
+        for i, tier in enumerate(self.tiers):
+            name = f"tier{i + 1}"
+            out[f"importance/{name}"] = float(weights[i])
+            out[f"decoder_norm/{name}"] = float(tier.W_dec.detach().norm(dim=-1).mean())
+            out[f"encoder_norm/{name}"] = float(tier.W_enc.detach().norm())
+            out[f"l0_last_batch/{name}"] = self._last_l0[i]
+            # A tier input with ~0 spread is where a LayerNorm's gradient blows up.
+            out[f"input_std/{name}"] = self._last_input_std[i]
+        return out
+
+    # --- data and export ----------------------------------------------------------------------
+    @torch.no_grad()
+    def init_from_data(self, sample: Tensor) -> None:
+        if self.cfg.data_init_bias:
+            # The geometric median is the textbook choice; the mean is close for activations.
+            self.b_dec.copy_(sample.mean(0))
+        if self.cfg.init == "decoder_transpose":
+            self._calibrate_encoders(sample)
+
+    def _calibrate_encoders(self, sample: Tensor) -> None:
+        # Transposed decoders read every latent at full strength, and the tiers' reconstructions
+        # add up: x_hat would start several times past x. With zero encoder biases a tier's
+        # codes scale with its encoder, so scaling the tiers in order makes each start by
+        # reconstructing 1/k of the centred sample.
+        target = (sample - self.b_dec).norm(dim=-1).mean() / self.n_tiers
+        h = sample - self.b_dec
+        for tier in self.tiers:
+            codes = torch.relu(tier.norm(h) @ tier.W_enc + tier.b_enc)
+            size = (codes @ tier.W_dec).norm(dim=-1).mean()
+            if size > 0:
+                tier.W_enc.mul_(target / size)
+                codes = codes * (target / size)
+            h = codes
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be positive and finite, got {scale}")
+        # Only tier 1 reads the input; later tiers (and any LayerNorm) read codes, unchanged.
+        self.tiers[0].W_enc.mul_(scale)
+        self.b_dec.div_(scale)
+        for tier in self.tiers:
+            tier.W_dec.div_(scale)
