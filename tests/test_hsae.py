@@ -133,7 +133,7 @@ def test_paper_preset_has_the_papers_hyper_parameters():
         "free",
         True,
     )
-    assert s.data_init_bias is False and s.revive_dead is False and s.tier_grad_clip == [1.0, 2.0, 5.0]
+    assert s.data_init_bias is False and s.tier_grad_clip == [1.0, 2.0, 5.0]
     sae = HSAE(2048, s)  # Gemma-2B's width: the paper's tiers come back exactly
     assert sae.tier_widths == [768, 1536, 2304]
     torch.testing.assert_close(sae.importance_weights(), torch.tensor([0.1, 0.3, 0.6]))
@@ -162,29 +162,6 @@ def test_decoder_transpose_init_starts_near_the_input(x):
     for h, tier in zip(codes, sae.tiers):
         size = (h @ tier.W_dec).norm(dim=-1).mean()
         assert size.item() == pytest.approx(centred.norm(dim=-1).mean().item() / 3, rel=1e-4)
-
-
-def test_dead_latents_are_revived_in_trained_tiers_only(x):
-    sae = make()
-    sae.init_from_data(x)
-    before = {n: p.detach().clone() for n, p in sae.named_parameters()}
-    dead = torch.zeros(sae.width, dtype=torch.bool)
-    dead[[3, 40, 100]] = True  # one latent in each tier; tier 3 is locked
-    out = sae(x, {"active_tiers": 2}, dead)
-    sum(out.losses.values()).backward()
-    sae.after_backward()
-    sae.after_step()  # no optimiser step: only the revival changes weights
-    assert not torch.equal(sae.tiers[0].W_dec[3], before["tiers.0.W_dec"][3])
-    assert not torch.equal(sae.tiers[1].W_enc[:, 8], before["tiers.1.W_enc"][:, 8])
-    assert sae.tiers[0].b_enc[3] == 0 and sae.tiers[1].b_enc[8] == 0
-    assert sae.tiers[0].W_dec[3].norm().item() == pytest.approx(1.0)
-    assert torch.equal(sae.tiers[0].W_dec[4], before["tiers.0.W_dec"][4])
-    assert torch.equal(sae.tiers[2].W_dec, before["tiers.2.W_dec"])
-    # an evaluation pass (no grad) never schedules a revival
-    sae.eval()
-    with torch.no_grad():
-        sae(x, {}, dead)
-    assert sae._to_revive is None
 
 
 def test_balance_rule_penalises_the_overactive_tier():

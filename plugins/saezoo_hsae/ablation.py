@@ -28,16 +28,14 @@ from saezoo.config import merge, resolve_run
 from saezoo.errors import TrainingDiverged
 from saezoo.train import INIT_TOKENS, Trainee
 
-# A few minutes on two CPU cores: half the synthetic source's dimension and features
-# (the same features per dimension), batches of 1024, and a dead-latent window of the same
-# number of steps as the trainer's default at batch 4096.
+# A few minutes on two CPU cores: half the synthetic source's dimension and features (the
+# same features per dimension) and batches of 1024.
 SETTINGS = [
     "data.source=synthetic",
     "data.synthetic.d_in=32",
     "data.synthetic.n_parents=4",
     "data.synthetic.n_independent=32",
     "train.batch_size=1024",
-    "train.dead_after_tokens=250000",
     "train.eval_every=0",
     "train.checkpoint_every=0",
     "train.log_every=50",
@@ -56,7 +54,6 @@ FIXES: dict[str, tuple[str, ...]] = {
     "layernorm": ("sae.layernorm",),
     "importance": ("sae.importance", "sae.importance_init"),
     "widths": ("sae.tier_expansion",),
-    "revive_dead": ("sae.revive_dead",),
     "sparsity": ("sae.sparsity_coefficient",),
     "schedule": (
         "train.optimizer",
@@ -163,11 +160,17 @@ def table(results: list[Result]) -> str:
         tiers = sorted(k for k in r.metrics if k.startswith(f"{metric}/"))
         return " / ".join(f"{r.metrics[t]:.{digits}f}" for t in tiers)
 
-    lines = [
-        "| config | non-finite steps | explained variance | L0 per tier | alive per tier | max grad norm "
-        "| importance | decoder row norm |",
-        "|---|---|---|---|---|---|---|---|",
+    columns = [
+        "config",
+        "non-finite steps",
+        "explained variance",
+        "L0 per tier",
+        "alive per tier",
+        "max grad norm",
+        "importance",
+        "decoder row norm",
     ]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in results:
         nonfinite = f"{r.nonfinite} (stopped at {r.steps})" if r.stopped else str(r.nonfinite)
         importance = " / ".join(f"{w:.2f}" for w in r.importance)
@@ -184,7 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=STEPS, help="optimiser steps per run")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs in parallel")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these configs (names as in the table)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="setting for every run")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="setting for every run"
+    )
     args = parser.parse_args(argv)
     sets = [*SETTINGS, f"train.steps={args.steps}", *args.sets]
     todo = [c for c in configs(args.steps) if not args.only or c[0] in args.only]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -63,10 +63,6 @@ class HSAEConfig:
     layernorm: bool = False
     """LayerNorm on each tier's input codes (paper). On an all-zero (dead) tier its input
     gradient scales as 1/sqrt(eps), about 316."""
-    revive_dead: bool = True
-    """Re-point latents the trainer reports dead (silent for train.dead_after_tokens) at
-    badly reconstructed tokens, with a weak encoder (Anthropic's resampling, 2023): L1 keeps
-    killing latents of the upper tiers, and a dead ReLU latent gets no gradient to return."""
     tier_grad_clip: list[float] | None = None
     """Max gradient norm of each tier's parameters, one per tier (paper: 1, 2, 5); None uses
     train.grad_clip for every tier."""
@@ -94,7 +90,7 @@ class HSAE(SAE):
 
     Config = HSAEConfig
     knobs = frozenset({"sparsity_scale", "tier_sparsity_scale", "active_tiers"})
-    presets = {
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "paper": {
             "sae": {
                 "tier_expansion": PAPER_TIER_EXPANSION,
@@ -105,7 +101,6 @@ class HSAE(SAE):
                 "decoder_norm": "free",
                 "data_init_bias": False,
                 "layernorm": True,
-                "revive_dead": False,
                 "tier_grad_clip": [1.0, 2.0, 5.0],
             },
             "train": {
@@ -119,7 +114,7 @@ class HSAE(SAE):
                 "normalize": False,
             },
             # Residual streams have token norms in the hundreds; the synthetic source's are
-            # about 1.8, and 100x brings them to about 180 (raw, as the paper trained).
+            # about 1.7, and 100x brings them to about 170 (raw, as the paper trained).
             "data": {"synthetic": {"scale": 100.0}},
         }
     }
@@ -143,7 +138,6 @@ class HSAE(SAE):
         self._last_l0: list[float] = [0.0] * self.n_tiers
         self._last_l1: list[float] = []
         self._last_input_std: list[float] = [0.0] * self.n_tiers
-        self._to_revive: tuple[Tensor, Tensor] | None = None
 
     @property
     def n_tiers(self) -> int:
@@ -248,8 +242,6 @@ class HSAE(SAE):
 
         if self.training and torch.is_grad_enabled():
             self._record(x, codes, active, mass)
-            revive = self.cfg.revive_dead and dead_mask is not None and dead_mask[: sum(self.tier_widths[:active])].any()
-            self._to_revive = (dead_mask.clone(), (x - x_hat).detach()) if revive else None
         return SAEOutput(x_hat, all_codes, losses)
 
     @torch.no_grad()
@@ -281,41 +273,13 @@ class HSAE(SAE):
                 unit_norm_rows_(tier.W_dec.data)
         if self.cfg.importance == "balanced" and len(trained) > 1:
             self._balance(trained)
-        if self._to_revive is not None:
-            self._revive(*self._to_revive)
-            self._to_revive = None
-
-    def _revive(self, dead_mask: Tensor, residual: Tensor) -> None:
-        # Tokens are drawn with probability proportional to their squared error, so new
-        # latents go where the dictionary is missing something.
-        weights = residual.pow(2).sum(-1)
-        if not torch.isfinite(weights).all() or weights.sum() <= 0:
-            return
-        start = 0
-        for i, tier in enumerate(self._trained_tiers()):
-            dead = dead_mask[start : start + self.tier_widths[i]].nonzero().squeeze(-1)
-            start += self.tier_widths[i]
-            alive = torch.ones(self.tier_widths[i], dtype=torch.bool, device=dead.device)
-            alive[dead] = False
-            if len(dead) == 0 or not alive.any():
-                continue
-            tokens = torch.multinomial(weights, len(dead), replacement=len(dead) > len(weights))
-            directions = residual[tokens] / residual[tokens].norm(dim=-1, keepdim=True).clamp_min(1e-8)
-            tier.W_dec[dead] = directions * tier.W_dec[alive].norm(dim=-1).mean()
-            # The encoder reads the direction off the input (tier 1) or off the previous
-            # tier's reconstruction, as at initialisation; a fifth of the typical alive
-            # encoder norm lets the latent start small instead of disrupting the fit.
-            reader = directions.t() if i == 0 else self.tiers[i - 1].W_dec @ directions.t()
-            reader = reader / reader.norm(dim=0, keepdim=True).clamp_min(1e-8)
-            tier.W_enc[:, dead] = reader * 0.2 * tier.W_enc[:, alive].norm(dim=0).mean()
-            tier.b_enc[dead] = 0.0
 
     def _balance(self, trained: list[_Tier]) -> None:
         widths = torch.tensor(self.tier_widths[: len(trained)], dtype=torch.float32)
         target = widths / widths.sum()
-        # The L1 mass, not L0: a tier's L0 need not answer its weight (its codes can shrink
-        # while the next tier's weights grow, and keep firing), so a controller on L0 share
-        # can wind up without bound; the mass is what the weight acts on.
+        # The L1 mass, not L0: a tier's L0 need not answer its weight (steered on L0 shares,
+        # tier 1 kept firing more while its weight climbed without end); the mass is what the
+        # weight acts on.
         mass = torch.tensor(self._last_l1[: len(trained)])
         share = mass / mass.sum() if mass.sum() > 0 else target
         # The floor bounds the step when a tier is silent: its penalty falls at a steady pace
