@@ -43,7 +43,6 @@ BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Tokens pe
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of initialisation and data order.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N; default: CUDA when present.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML file with [train], [data], [sae], [curriculum] tables.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.field=value (bare field: sae.field). Repeatable.")]
 CurriculumOpt = Annotated[str, typer.Option("--curriculum", help="Curriculum strategy (see `saezoo list curricula`).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 

@@ -130,3 +130,37 @@ def remove_parallel_grad_(weight: nn.Parameter) -> None:
     w = weight.data
     unit = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     weight.grad.sub_((weight.grad * unit).sum(-1, keepdim=True) * unit)
+
+
+class UnitNormDictionarySAE(SAE):
+    """The common parameterisation of the field: encode ``x − b_dec`` with ``W_enc``
+    ``[d_in, width]``, decode with unit-norm rows of ``W_dec`` ``[width, d_in]`` plus
+    ``b_dec``. Subclasses create those parameters and write encode/decode/forward; this
+    class supplies the rest of the contract for them."""
+
+    W_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+
+    def decoder_directions(self) -> Tensor:
+        return self.W_dec
+
+    @torch.no_grad()
+    def init_from_data(self, sample: Tensor) -> None:
+        # The geometric median is the textbook choice; the mean is close for activations
+        # and costs one pass.
+        self.b_dec.copy_(sample.mean(0))
+
+    def after_backward(self) -> None:
+        remove_parallel_grad_(self.W_dec)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        unit_norm_rows_(self.W_dec)
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        # Pre-activations are unchanged (so are selections and thresholds on them).
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)

@@ -181,7 +181,6 @@ class Trainee:
         self.sae.after_backward()
         grad_norms = self.clip_gradients()
         finite = bool(torch.isfinite(torch.stack([loss.detach().float(), *grad_norms.values()])).all())
-        self.last_grad_norms = {k: float(v) for k, v in grad_norms.items()} if not finite else self.last_grad_norms
         if finite:
             self.opt.step()
             self.sae.after_step()

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saezoo import SAE, SAEOutput
-from saezoo.sae import remove_parallel_grad_, unit_norm_rows_
+from saezoo import SAEOutput
+from saezoo.sae import UnitNormDictionarySAE, unit_norm_rows_
 
 
 @dataclass
@@ -40,7 +40,7 @@ class GatedConfig:
     """Weight of the L1 penalty on ReLU(pi_gate), per token (inputs have E||x||^2 = d_in)."""
 
 
-class GatedSAE(SAE):
+class GatedSAE(UnitNormDictionarySAE):
     """Gate and magnitude paths sharing W_gate (the magnitude path rescales it by exp(r_mag));
     unit-norm decoder rows."""
 
@@ -96,20 +96,6 @@ class GatedSAE(SAE):
                 "aux": (x_hat_gate - x).pow(2).sum(-1).mean(),
             },
         )
-
-    def decoder_directions(self) -> Tensor:
-        return self.W_dec
-
-    @torch.no_grad()
-    def init_from_data(self, sample: Tensor) -> None:
-        self.b_dec.copy_(sample.mean(0))
-
-    def after_backward(self) -> None:
-        remove_parallel_grad_(self.W_dec)
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        unit_norm_rows_(self.W_dec)
 
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:

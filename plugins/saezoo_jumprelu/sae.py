@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from saezoo import SAE, SAEOutput
-from saezoo.sae import remove_parallel_grad_, unit_norm_rows_
+from saezoo import SAEOutput
+from saezoo.sae import UnitNormDictionarySAE, unit_norm_rows_
 
 
 @dataclass
@@ -79,7 +79,7 @@ class _Step(torch.autograd.Function):
         return None, _sum_to(grad_threshold, threshold), None
 
 
-class JumpReLUSAE(SAE):
+class JumpReLUSAE(UnitNormDictionarySAE):
     """Per-latent learned thresholds and a direct L0 penalty; unit-norm decoder rows."""
 
     Config = JumpReLUConfig
@@ -134,27 +134,6 @@ class JumpReLUSAE(SAE):
         l0 = _Step.apply(pre, threshold, self.bandwidth).sum(-1).mean()
         scale = (knobs or {}).get("sparsity_scale", 1.0)
         return SAEOutput(x_hat, codes, {"mse": mse, "l0": scale * self.cfg.l0_coefficient * self.d_in * l0})
-
-    def decoder_directions(self) -> Tensor:
-        return self.W_dec
-
-    @torch.no_grad()
-    def init_from_data(self, sample: Tensor) -> None:
-        self.b_dec.copy_(sample.mean(0))
-
-    def after_backward(self) -> None:
-        remove_parallel_grad_(self.W_dec)
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        unit_norm_rows_(self.W_dec)
-
-    @torch.no_grad()
-    def fold_input_scale(self, scale: float) -> None:
-        # Pre-activations are unchanged, so the thresholds on them stay as they are.
-        self.W_enc.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
 
     def diagnostics(self) -> dict[str, float]:
         return {"threshold_median": self.log_threshold.exp().median().item()}

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saezoo import SAE, SAEOutput
-from saezoo.sae import remove_parallel_grad_, unit_norm_rows_
+from saezoo import SAEOutput
+from saezoo.sae import UnitNormDictionarySAE, unit_norm_rows_
 
 
 @dataclass
@@ -69,7 +69,7 @@ def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
     return (x - x_hat).pow(2).sum(-1).mean()
 
 
-class TopKFamilySAE(SAE):
+class TopKFamilySAE(UnitNormDictionarySAE):
     """What TopK, BatchTopK and Matryoshka share: parameters, a unit-norm decoder, sparse
     decoding and AuxK. Subclasses define :meth:`select`."""
 
@@ -148,29 +148,6 @@ class TopKFamilySAE(SAE):
         active = ActiveLatents(dead[which].flatten(), values.flatten(), torch.arange(batch, device=pre.device) * k_aux)
         # The residual is a target: AuxK trains the dead latents, not the live ones.
         return self.cfg.aux_coefficient * squared_error(residual.detach(), sparse_decode(active, self.W_dec))
-
-    def decoder_directions(self) -> Tensor:
-        return self.W_dec
-
-    @torch.no_grad()
-    def init_from_data(self, sample: Tensor) -> None:
-        # Gao et al. use the geometric median; the mean is close for activations and
-        # costs one pass.
-        self.b_dec.copy_(sample.mean(0))
-
-    def after_backward(self) -> None:
-        remove_parallel_grad_(self.W_dec)
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        unit_norm_rows_(self.W_dec)
-
-    @torch.no_grad()
-    def fold_input_scale(self, scale: float) -> None:
-        # Pre-activations, hence the selection (and any threshold on them), are unchanged.
-        self.W_enc.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
 
 
 class TopKSAE(TopKFamilySAE):
