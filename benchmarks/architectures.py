@@ -49,7 +49,8 @@ def width_options(arch: str, d_in: int, width: int) -> dict[str, Any]:
     return {}
 
 
-def build_trainee(arch: str, d_in: int, width: int, batch: int, lr: float, seed: int, out_dir: Path, sample, extra=None):
+def build_trainee(arch: str, d_in: int, width: int, batch: int, lr: float, seed: int, out_dir: Path, sample, extra=None,
+                  device: str = "cpu", autocast: str = "none"):
     import torch
 
     from saezoo.config import resolve_run
@@ -63,7 +64,8 @@ def build_trainee(arch: str, d_in: int, width: int, batch: int, lr: float, seed:
                 "lr": lr,
                 "warmup_steps": 0,
                 "decay": "none",
-                "device": "cpu",
+                "device": device,
+                "autocast": autocast,
                 "seed": seed,
                 "eval_every": 0,
                 "checkpoint_every": 0,
@@ -71,7 +73,7 @@ def build_trainee(arch: str, d_in: int, width: int, batch: int, lr: float, seed:
             "sae": {**width_options(arch, d_in, width), **(extra or {})},
         },
     )
-    trainee = Trainee(run, d_in, out_dir, {"source": "benchmark"}, torch.device("cpu"))
+    trainee = Trainee(run, d_in, out_dir, {"source": "benchmark"}, torch.device(device))
     trainee.start(sample)
     return trainee
 

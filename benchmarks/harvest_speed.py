@@ -2,6 +2,7 @@
 
     python benchmarks/harvest_speed.py                    # SmolLM2-135M, layer 15, python-docs
     python benchmarks/harvest_speed.py --tokens 2048 --model path/to/model
+    python benchmarks/harvest_speed.py --dtype float32   # default auto: bf16 where the CPU has it
 
 Both runs push the same contexts through the model; the harvest also tokenises, packs, masks,
 filters outliers, writes cache shards and draws a progress bar. Rates are context positions per
@@ -22,7 +23,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from saezoo.activations import text  # noqa: E402
-from saezoo.activations.model import find_blocks, load_model, resolve_hook  # noqa: E402
+from saezoo.activations.model import find_blocks, load_model, resolve_hook, resolve_model_dtype  # noqa: E402
 from saezoo.activations.model_source import ModelSource  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def truncated_forward_rate(model: nn.Module, hook: str, batches: list[torch.Tens
 def harvest_rate(args: argparse.Namespace, model: nn.Module, tokenizer, cache_dir: str) -> tuple[float, float, dict]:
     """Positions per second (wall, CPU) of a cache harvest of ``args.tokens`` activations."""
     source = ModelSource(args.model, hook=args.hook, dataset=args.dataset, n_tokens=args.tokens, cache_dir=cache_dir,
-                         harvest_batch_size=args.batch, context_length=args.context_length)
+                         harvest_batch_size=args.batch, context_length=args.context_length, model_dtype=args.dtype)
     source._model, source._tokenizer = model, tokenizer  # share the loaded model: time the harvest only
     cpu = time.process_time()
     info = source.info
@@ -65,10 +66,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096, help="activations to harvest")
     parser.add_argument("--batch", type=int, default=16, help="contexts per forward pass")
     parser.add_argument("--context-length", type=int, default=128)
+    parser.add_argument("--dtype", default="auto", help="model dtype: auto, float32 or bfloat16")
     args = parser.parse_args()
 
     t = time.perf_counter()
-    model, tokenizer = load_model(args.model)
+    dtype = resolve_model_dtype(args.dtype, "cpu")
+    model, tokenizer = load_model(args.model, dtype=dtype)
     load_s = time.perf_counter() - t
     hook = resolve_hook(model, args.hook)
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -81,7 +84,7 @@ def main() -> None:
         p_wall, p_cpu = truncated_forward_rate(model, hook, batches)
 
     print(f"\nmodel {args.model}, hook {hook}, {args.batch} contexts x {args.context_length} tokens a batch, "
-          f"{torch.get_num_threads()} threads; model load {load_s:.1f} s")
+          f"{dtype}, {torch.get_num_threads()} threads; model load {load_s:.1f} s")
     print(f"harvest kept {info['n_tokens']} activations of {info['positions']} positions "
           f"({info['excluded_outliers']} outliers excluded) in {info['seconds']:.1f} s\n")
     print(f"{'':28}{'positions/s (wall)':>20}{'positions/s (CPU)':>20}")

@@ -218,7 +218,7 @@ def compare(
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting for every variant: section.field=value. Repeatable.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.field=value for every variant, SPEC.section.field=value for one. Repeatable.")] = None,
     curriculum: CurriculumOpt = "constant",
     target_l0: Annotated[Optional[float], typer.Option("--target-l0", help="Steer every variant to this L0 (target-l0 curriculum, or k).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Report directory (default: runs/compare-TIME).")] = None,

@@ -54,10 +54,17 @@ def resolve_variants(
     sets: list[str],
     tokens: int | None,
 ) -> list[Variant]:
-    """SPEC -> Variant: ``arch``, ``arch:preset`` or a registry entry name."""
+    """SPEC -> Variant: ``arch``, ``arch:preset`` or a registry entry name.
+
+    A ``--set`` whose key starts with a SPEC (``flat.sae.expansion_factor=9``) applies to the
+    variants of that SPEC, one starting with a label (``hsae#2.sae.input_skip=false``, the
+    second ``hsae``) to that variant; the others apply to every variant.
+    """
     from saezoo.plugins import get_plugins
 
     archs = get_plugins().architectures
+    labels = _labels(specs)
+    sets, own_sets = _split_variant_sets(sets, [*specs, *labels])
     user = merge(read_toml(config_file) if config_file else {}, options, parse_set(sets))
     # Presets may change the data (e.g. the paper preset's raw scale); the stream is shared,
     # so their data settings are merged once and must not contradict each other.
@@ -81,13 +88,7 @@ def resolve_variants(
                 preset_data[key] = value
         parsed.append((spec, arch, preset or None))
     variants: list[Variant] = []
-    labels: set[str] = set()
-    for spec, arch, preset in parsed:
-        label = spec
-        n = 2
-        while label in labels:
-            label, n = f"{spec}#{n}", n + 1
-        labels.add(label)
+    for (spec, arch, preset), label in zip(parsed, labels):
         if arch is None:
             variants.append(Variant(label, entry=catalog.get_entry(spec)))
             continue
@@ -101,7 +102,7 @@ def resolve_variants(
             preset=preset,
             curriculum=chosen_curriculum,
             options=layer,
-            sets=extra_sets,
+            sets=extra_sets + own_sets[spec] + (own_sets[label] if label != spec else []),
             tokens=tokens,
         )
         # What defines the shared stream comes from the user, never from a preset.
@@ -110,6 +111,33 @@ def resolve_variants(
         run.data = shared.data
         variants.append(Variant(label, run=run))
     return variants
+
+
+def _labels(specs: list[str]) -> list[str]:
+    """One label per SPEC; a repeated SPEC becomes ``spec#2``, ``spec#3``, ..."""
+    labels: list[str] = []
+    for spec in specs:
+        label, n = spec, 2
+        while label in labels:
+            label, n = f"{spec}#{n}", n + 1
+        labels.append(label)
+    return labels
+
+
+def _split_variant_sets(sets: list[str], names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """``--set`` items for every variant, and per SPEC or label the items prefixed with it."""
+    shared: list[str] = []
+    own: dict[str, list[str]] = {name: [] for name in names}
+    for item in sets:
+        head, dot, rest = item.partition(".")
+        if not dot or head not in own:
+            shared.append(item)
+            continue
+        key = rest.split("=", 1)[0].split(".")
+        if key[0] == "data" or (key[0] == "train" and key[1:2] and key[1] in SHARED_TRAIN):
+            raise UsageError(f"--set {item!r}: {'.'.join(key)} defines the shared stream; set it for every variant")
+        own[head].append(rest)
+    return shared, own
 
 
 def _matched_l0(arch: str, target: float) -> tuple[str, list[str]]:

@@ -100,6 +100,9 @@ class DataConfig:
     """Tokens per context; BOS is prepended and excluded."""
     max_norm_multiple: float = 10.0
     """Tokens with norm above this multiple of the median are excluded as outliers."""
+    model_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """The language model's dtype: auto is bfloat16 on CUDA and on CPUs with native bf16
+    matmuls (AMX, AVX512-BF16), else float32. The SAE always trains in float32."""
     harvest_tokens: int | None = 65536
     """Distinct activations harvested from the model; a run that reads more cycles through
     them, reshuffled each epoch (a notice says so). The default suits the embedded demo on

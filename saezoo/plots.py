@@ -52,6 +52,13 @@ def ev_vs_l0(points: dict[str, tuple[float, float]], path: Path) -> None:
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel("explained variance")
     ax.set_title("Explained variance against sparsity (up and left is better)")
+    # Axes from L0 = 0 and at least 0.1 of explained variance tall: two close points must
+    # look close, not fill the plot.
+    l0s, evs = zip(*points.values()) if points else ((1.0,), (0.5,))
+    ax.set_xlim(0, max(l0s) * 1.15)
+    low, high = min(evs), max(evs)
+    pad = max(0.0, 0.1 - (high - low)) / 2
+    ax.set_ylim(low - pad - 0.01, min(1.0, high + pad) + 0.01)
     ax.grid(alpha=0.3)
     _save(fig, path)
 

@@ -11,6 +11,7 @@ import torch
 
 from saezoo import catalog, hookimpl, plugins
 from saezoo.compare import resolve_variants, run_compare
+from saezoo.errors import UsageError
 from saezoo_flat.sae import FlatSAE
 
 from helpers import FAST_SETS, assert_one_line_error, run_cli
@@ -84,6 +85,20 @@ def test_every_variant_sees_the_same_batches(recorder, tmp_path):
     training_streams = [s for s in calls if s < 1 << 40]
     # one init sample (stream 0) + one production per step: not one per variant
     assert len(training_streams) == 1 + 12
+
+
+def test_set_with_a_spec_prefix_applies_to_that_variant_only():
+    base = {"data": {"source": "synthetic"}}
+    flat, topk, flat2 = resolve_variants(
+        ["flat", "topk", "flat"], "constant", None, None, base,
+        ["train.lr=0.002", "flat.sae.expansion_factor=3", "flat#2.sae.l1_coefficient=7"], None,
+    )
+    assert flat.run.sae.expansion_factor == flat2.run.sae.expansion_factor == 3
+    assert topk.run.sae.expansion_factor != 3
+    assert flat2.run.sae.l1_coefficient == 7 != flat.run.sae.l1_coefficient
+    assert flat.run.train.lr == topk.run.train.lr == flat2.run.train.lr == 0.002
+    with pytest.raises(UsageError, match="shared stream"):
+        resolve_variants(["flat", "topk"], "constant", None, None, base, ["flat.train.steps=5"], None)
 
 
 @pytest.mark.slow

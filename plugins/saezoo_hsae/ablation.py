@@ -52,6 +52,7 @@ FIXES: dict[str, tuple[str, ...]] = {
     "init": ("sae.init",),
     "data_init_bias": ("sae.data_init_bias",),
     "layernorm": ("sae.layernorm",),
+    "input_skip": ("sae.input_skip",),
     "importance": ("sae.importance", "sae.importance_init"),
     "widths": ("sae.tier_expansion",),
     "sparsity": ("sae.sparsity_coefficient",),

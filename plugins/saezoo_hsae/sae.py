@@ -1,7 +1,8 @@
 """The hierarchical SAE (HSAE) of the seed paper, with switches for each of its known fixes.
 
-Tiers are stacked: h_1 = ReLU(W_1 (x - b') + b_1), h_i = ReLU(W_i n(h_{i-1}) + b_i), where n
-is the identity or (paper) a LayerNorm. Every tier decodes straight to the input space and the
+Tiers are stacked: h_1 = ReLU(W_1 (x - b') + b_1), h_i = ReLU(W_i n(h_{i-1}) + U_i (x - b') + b_i),
+where n is the identity or (paper) a LayerNorm and the input skip U_i is off in the paper (every
+tier then sees only the tier below). Every tier decodes straight to the input space and the
 reconstructions add up: x_hat = sum_i W'_i h_i + b'. The loss is the summed squared error plus
 one L1 term per tier, weighted by lambda * w_i with importance weights w on the simplex.
 
@@ -60,6 +61,12 @@ class HSAEConfig:
     each code's L1 is weighted by its decoder row's norm."""
     data_init_bias: bool = True
     """Start the decoder bias b' at the mean of a data sample (the paper starts it at 0)."""
+    input_skip: bool = True
+    """Tiers 2..k also read the centred input: h_i = ReLU(W_i h_{i-1} + U_i (x - b') + b_i).
+    Without it (paper) every tier sees only the sparse code of the tier below, so all that
+    tiers 2..k know of x passes through tier 1's few active latents: at a low L0 the deeper
+    tiers can add nothing tier 1 did not already carry (see the README's real-model table).
+    W_i still couples a child to its parents (tier_parents reads it)."""
     layernorm: bool = False
     """LayerNorm on each tier's input codes (paper). On an all-zero (dead) tier its input
     gradient scales as 1/sqrt(eps), about 316."""
@@ -72,9 +79,12 @@ class _Tier(nn.Module):
     """One tier: its encoder (from the previous tier or the input), decoder and importance
     logit, kept together so that locking a tier is locking one module."""
 
-    def __init__(self, d_prev: int, width: int, d_in: int, layernorm: bool, importance_logit: float, learned: bool):
+    def __init__(
+        self, d_prev: int, width: int, d_in: int, layernorm: bool, importance_logit: float, learned: bool, skip: bool
+    ):
         super().__init__()
         self.W_enc = nn.Parameter(torch.empty(d_prev, width))
+        self.W_skip = nn.Parameter(torch.empty(d_in, width)) if skip else None
         self.b_enc = nn.Parameter(torch.zeros(width))
         self.W_dec = nn.Parameter(torch.empty(width, d_in))
         self.norm = nn.LayerNorm(d_prev) if layernorm else nn.Identity()
@@ -102,6 +112,7 @@ class HSAE(SAE):
                 "data_init_bias": False,
                 "layernorm": True,
                 "tier_grad_clip": [1.0, 2.0, 5.0],
+                "input_skip": False,
             },
             "train": {
                 "optimizer": "adamw",
@@ -128,7 +139,7 @@ class HSAE(SAE):
         learned = cfg.importance == "learned_softmax"
         dims = [d_in, *self.tier_widths]
         self.tiers = nn.ModuleList(
-            _Tier(dims[i], dims[i + 1], d_in, cfg.layernorm and i > 0, float(logits[i]), learned)
+            _Tier(dims[i], dims[i + 1], d_in, cfg.layernorm and i > 0, float(logits[i]), learned, cfg.input_skip and i > 0)
             for i in range(len(self.tier_widths))
         )
         self.b_dec = nn.Parameter(torch.zeros(d_in))
@@ -167,26 +178,35 @@ class HSAE(SAE):
     def _init_weights(self) -> None:
         if self.cfg.init == "xavier":
             for tier in self.tiers:
-                nn.init.xavier_uniform_(tier.W_enc)
-                nn.init.xavier_uniform_(tier.W_dec)
+                for w in (tier.W_enc, tier.W_skip, tier.W_dec):
+                    if w is not None:
+                        nn.init.xavier_uniform_(w)
             return
         previous = None
         for tier in self.tiers:
             tier.W_dec.normal_()
             unit_norm_rows_(tier.W_dec)
             tier.W_enc.copy_(tier.W_dec.t() if previous is None else previous @ tier.W_dec.t())
+            if tier.W_skip is not None:
+                tier.W_skip.copy_(tier.W_dec.t())
             previous = tier.W_dec
 
     # --- encoding and decoding ------------------------------------------------------------
     def _tier_codes(self, x: Tensor, active: int) -> list[Tensor]:
-        codes, h = [], x - self.b_dec
+        codes, centred = [], x - self.b_dec
+        h = centred
         for i, tier in enumerate(self.tiers):
             if i >= active:
                 codes.append(x.new_zeros(*x.shape[:-1], self.tier_widths[i]))
                 continue
-            h = torch.relu(tier.norm(h) @ tier.W_enc + tier.b_enc)
+            h = torch.relu(self._pre_activation(tier, h, centred))
             codes.append(h)
         return codes
+
+    @staticmethod
+    def _pre_activation(tier: _Tier, below: Tensor, centred: Tensor) -> Tensor:
+        pre = tier.norm(below) @ tier.W_enc + tier.b_enc
+        return pre if tier.W_skip is None else pre + centred @ tier.W_skip
 
     def encode(self, x: Tensor) -> Tensor:
         return torch.cat(self._tier_codes(x, self.n_tiers), dim=-1)
@@ -331,13 +351,16 @@ class HSAE(SAE):
         # add up: x_hat would start several times past x. With zero encoder biases a tier's
         # codes scale with its encoder, so scaling the tiers in order makes each start by
         # reconstructing 1/k of the centred sample.
-        target = (sample - self.b_dec).norm(dim=-1).mean() / self.n_tiers
-        h = sample - self.b_dec
+        centred = sample - self.b_dec
+        target = centred.norm(dim=-1).mean() / self.n_tiers
+        h = centred
         for tier in self.tiers:
-            codes = torch.relu(tier.norm(h) @ tier.W_enc + tier.b_enc)
+            codes = torch.relu(self._pre_activation(tier, h, centred))
             size = (codes @ tier.W_dec).norm(dim=-1).mean()
             if size > 0:
-                tier.W_enc.mul_(target / size)
+                for w in (tier.W_enc, tier.W_skip):
+                    if w is not None:
+                        w.mul_(target / size)
                 codes = codes * (target / size)
             h = codes
 
@@ -345,8 +368,12 @@ class HSAE(SAE):
     def fold_input_scale(self, scale: float) -> None:
         if not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be positive and finite, got {scale}")
-        # Only tier 1 reads the input; later tiers (and any LayerNorm) read codes, unchanged.
+        # Tier 1's encoder and the skips read the input; the rest (and any LayerNorm) read
+        # codes, which stay unchanged.
         self.tiers[0].W_enc.mul_(scale)
+        for tier in self.tiers[1:]:
+            if tier.W_skip is not None:
+                tier.W_skip.mul_(scale)
         self.b_dec.div_(scale)
         for tier in self.tiers:
             tier.W_dec.div_(scale)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -20,8 +21,10 @@ from saezoo.errors import UsageError
 from saezoo.plugins import get_plugins
 
 
-def load_model(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, object]:
-    """Load ``(model, tokenizer)`` by registered name, hub id or local path: float32, eval mode."""
+def load_model(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, object]:
+    """Load ``(model, tokenizer)`` by registered name, hub id or local path, in eval mode."""
     from transformers.utils import logging as hf_logging
 
     # saezoo shows its own progress; transformers' bars and notices would break the
@@ -33,7 +36,37 @@ def load_model(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module
         model, tokenizer = plugins.models.get(name)()
     else:
         model, tokenizer = _load_with_transformers(name, plugins.models.names())
-    return model.to(device=device, dtype=torch.float32).eval(), tokenizer
+    return model.to(device=device, dtype=dtype).eval(), tokenizer
+
+
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_model_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """The dtype the language model runs in; ``auto`` is bfloat16 where the hardware has it.
+
+    The model only produces activations and logits; the SAE always trains in float32. On a
+    CPU with native bf16 matmuls (AMX or AVX512-BF16) a bf16 forward is about 4x faster than
+    float32 (measured on SmolLM2-135M, see benchmarks/README.md); without them bf16 is
+    emulated and slower, so ``auto`` keeps float32 there.
+    """
+    if name != "auto":
+        if name not in MODEL_DTYPES:
+            raise UsageError(f"model_dtype must be auto, {' or '.join(MODEL_DTYPES)}; got {name!r}")
+        return MODEL_DTYPES[name]
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16
+    if torch.device(device).type == "cpu" and _cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: stay with float32
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
 def _load_with_transformers(name: str, registered: list[str]) -> tuple[nn.Module, object]:

@@ -28,7 +28,7 @@ from saezoo.activations import text
 from saezoo.activations.buffer import cached_blocks, shuffled_batches, streamed_blocks
 from saezoo.activations.cache import FORMAT_VERSION, CacheEntry, CacheWriter, lookup
 from saezoo.activations.harvest import MEDIAN_SAMPLE_TOKENS, Harvester
-from saezoo.activations.model import load_model, resolve_hook
+from saezoo.activations.model import load_model, resolve_hook, resolve_model_dtype
 from saezoo.errors import UsageError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -52,6 +52,8 @@ class ModelSource:
         max_norm_multiple: exclude tokens whose norm exceeds this multiple of the median token
             norm; ``None`` or 0 keeps them all.
         device: where the model runs; activations are always returned on the CPU.
+        model_dtype: ``float32``, ``bfloat16``, or ``auto`` (bfloat16 on CUDA and on CPUs with
+            native bf16 matmuls, else float32); activations are always returned as float32.
         harvest_batch_size: contexts per forward pass.
         shard_tokens: activations per cache shard.
         buffer_tokens: size of the shuffle buffer, in activations (at least one shard).
@@ -72,6 +74,7 @@ class ModelSource:
         cache_dir: str | Path | None = None,
         max_norm_multiple: float | None = 10.0,
         device: str = "cpu",
+        model_dtype: str = "auto",
         harvest_batch_size: int = 16,
         shard_tokens: int = 65536,
         buffer_tokens: int = 131072,
@@ -98,6 +101,7 @@ class ModelSource:
         self.cache_dir = cache_dir
         self.max_norm_multiple = max_norm_multiple or None
         self.device = device
+        self.model_dtype = resolve_model_dtype(model_dtype, device)
         self.harvest_batch_size = harvest_batch_size
         self.shard_tokens = shard_tokens
         self.buffer_tokens = buffer_tokens
@@ -128,6 +132,7 @@ class ModelSource:
             cache_dir=data.cache_dir,
             max_norm_multiple=data.max_norm_multiple,
             device=device,
+            model_dtype=data.model_dtype,
         )
 
     # -- the model, loaded only when something needs it -------------------------------------
@@ -136,14 +141,14 @@ class ModelSource:
     def model(self) -> nn.Module:
         """The language model (loaded on first access; a cache hit never needs it)."""
         if self._model is None:
-            self._model, self._tokenizer = load_model(self.model_name, self.device)
+            self._model, self._tokenizer = load_model(self.model_name, self.device, self.model_dtype)
         return self._model
 
     @property
     def tokenizer(self) -> Any:
         """The model's tokenizer (loads the model on first access)."""
         if self._tokenizer is None:
-            self._model, self._tokenizer = load_model(self.model_name, self.device)
+            self._model, self._tokenizer = load_model(self.model_name, self.device, self.model_dtype)
         return self._tokenizer
 
     @property
@@ -194,6 +199,7 @@ class ModelSource:
             "n_tokens": self.n_tokens,
             "seed": self.seed,
             "max_norm_multiple": self.max_norm_multiple,
+            "model_dtype": str(self.model_dtype).removeprefix("torch."),
         }
 
     # -- the streams ---------------------------------------------------------------------------
@@ -329,6 +335,7 @@ class ModelSource:
             "format": FORMAT_VERSION,
             "model": self.model_name,
             "model_files": _fingerprint(self.model_name),
+            "model_dtype": str(self.model_dtype).removeprefix("torch."),
             "hook": self.requested_hook or "default",
             "dataset": self.dataset,
             "dataset_files": _fingerprint(self.dataset),

@@ -1,0 +1,76 @@
+"""What comparing N variants costs against training one, on an uncached model source.
+
+    python benchmarks/compare_cost.py                      # 3 flat SAEs (an L1 sweep) vs 1
+    python benchmarks/compare_cost.py --steps 100 --dtype float32
+
+Both runs are real ``saezoo`` subprocesses on the embedded default (SmolLM2-135M, middle
+layer, python-docs) with ``data.cache=false``, so the model runs for every batch; the one
+activation stream of ``compare`` should make N variants cost one harvest plus N training
+steps per batch. The variants are three flat SAEs with L1 coefficients 1, 2 and 4 (each as
+expensive to train as the single run). Periodic and downstream evaluation are off, so the
+wall times measure harvest and training (plus start-up, model load and the final
+activation metrics, in both). Target: compare / train < 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, markdown_table  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed(args: list[str]) -> float:
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "saezoo.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        sys.exit(f"saezoo {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - t
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--dtype", nargs="+", default=["bfloat16", "float32"], help="model dtypes to measure")
+    p.add_argument("--out", type=Path, default=HERE / "compare_cost.json")
+    a = p.parse_args(argv)
+
+    rows, results = [], []
+    with tempfile.TemporaryDirectory(prefix="saezoo-cmpcost-") as tmp:
+        for dtype in a.dtype:
+            common = ["--steps", str(a.steps), "-q"]
+            for s in ("data.cache=false", f"data.model_dtype={dtype}", "train.eval_every=0",
+                      "train.downstream_tokens=0", "train.checkpoint_every=0"):
+                common += ["--set", s]
+            one = timed(["train", "flat", "--out", f"{tmp}/one-{dtype}", *common])
+            three = timed(["compare", "flat", "flat", "flat", "--set", "flat.sae.l1_coefficient=1",
+                           "--set", "flat#2.sae.l1_coefficient=2", "--set", "flat#3.sae.l1_coefficient=4",
+                           "--out", f"{tmp}/three-{dtype}", *common])
+            results.append({"dtype": dtype, "train_one_s": one, "compare_three_s": three, "ratio": three / one})
+            rows.append([dtype, one, three, three / one, "yes" if three / one < 1.5 else "no"])
+            print(f"{dtype}: one {one:.0f} s, three {three:.0f} s", file=sys.stderr)
+    m = machine()
+    text = "\n".join([
+        f"{a.steps} steps of 1024 tokens, uncached (the model runs for every batch); {m['cpu']}, {m['cores']} cores, "
+        f"load average {m.get('load_average')}",
+        "",
+        markdown_table(["model dtype", "train flat (s)", "compare 3 x flat (s)", "ratio", "< 1.5"], rows),
+    ])
+    print(text)
+    a.out.write_text(json.dumps({"settings": vars(a) | {"out": str(a.out)}, "machine": m, "results": results,
+                                 "table": text}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
