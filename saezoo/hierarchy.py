@@ -57,12 +57,13 @@ def parents_by_coactivation(counts: Tensor, n_parents: int = N_PARENTS) -> Tenso
 
 def coverage(child_codes: Tensor, parent_codes: Tensor, parents: Tensor) -> tuple[float, float]:
     """(numerator, denominator) of CCR for one batch."""
-    weight = child_codes.clamp_min(0).double()
+    weight = child_codes.clamp_min(0).float()
     parent_on = parent_codes != 0
     any_parent = torch.zeros_like(weight, dtype=torch.bool)
     for k in range(parents.shape[1]):  # a loop over the few parents keeps memory at [N, d]
         any_parent |= parent_on[:, parents[:, k]]
-    return float((weight * any_parent).sum()), float(weight.sum())
+    # float32 products, float64 sums: the sums are what loses precision over many tokens
+    return float((weight * any_parent).sum(dtype=torch.float64)), float(weight.sum(dtype=torch.float64))
 
 
 @torch.no_grad()
@@ -98,9 +99,11 @@ def composition_coverage(
     else:
         counts = [torch.zeros(len(groups[i]), len(groups[i - 1]), dtype=torch.float64) for i in range(1, len(groups))]
         for x in batches():
-            on = (encode(x) != 0).double().cpu()
+            # 0/1 products summed over one batch are integers far below 2^24: exact in float32,
+            # at a fraction of a float64 matmul's cost; the running totals are float64.
+            on = (encode(x) != 0).float().cpu()
             for i in range(1, len(groups)):
-                counts[i - 1] += on[:, groups[i]].T @ on[:, groups[i - 1]]
+                counts[i - 1] += (on[:, groups[i]].T @ on[:, groups[i - 1]]).double()
         parents = [parents_by_coactivation(c) for c in counts]
     gen = torch.Generator().manual_seed(seed)
     shuffled = [torch.randperm(len(groups[i - 1]), generator=gen)[p] for i, p in zip(range(1, len(groups)), parents)]

@@ -33,14 +33,25 @@ class FnSAE(SAE):
         return torch.eye(self.d_in)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+BLOCKS = {"gpt2": "transformer.h", "llama": "model.layers"}
+
+
+@pytest.fixture(scope="module", params=sorted(BLOCKS))
+def tiny_model(request, tmp_path_factory):
+    """A tiny random-init GPT-2 or Llama (learned positions / rotary tables), saved and loaded back."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=50, n_positions=32, bos_token_id=0, eos_token_id=0)).save_pretrained(path)
-    return AutoModelForCausalLM.from_pretrained(path).eval()
+    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    if request.param == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=50, n_positions=32, bos_token_id=0, eos_token_id=0))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32))
+    model.save_pretrained(path)
+    loaded = AutoModelForCausalLM.from_pretrained(path).eval()
+    loaded.hook_name = f"{BLOCKS[request.param]}.1"
+    return loaded
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +80,15 @@ class Replace(nn.Module):
 
 
 def reference(model, ids, mask, fn):
+    blocks = model.get_submodule(model.hook_name.rsplit(".", 1)[0])
     with torch.no_grad():
         clean = model(ids).logits
-        original = model.transformer.h[1]
-        model.transformer.h[1] = Replace(original, fn, mask)
+        original = blocks[1]
+        blocks[1] = Replace(original, fn, mask)
         try:
             spliced = model(ids).logits
         finally:
-            model.transformer.h[1] = original
+            blocks[1] = original
     counted = mask[:, :-1] & mask[:, 1:]
     targets = ids[:, 1:][counted]
     ce_clean = F.cross_entropy(clean[:, :-1][counted], targets)
@@ -88,7 +100,7 @@ def reference(model, ids, mask, fn):
 def test_matches_reference(tiny_model, contexts):
     ids, mask = contexts
     fn = lambda x: 0.7 * x  # noqa: E731
-    m = spliced_metrics(tiny_model, "transformer.h.1", FnSAE(32, fn), ids, mask, batch_size=4)
+    m = spliced_metrics(tiny_model, tiny_model.hook_name, FnSAE(32, fn), ids, mask, batch_size=4)
     ce_clean, ce_sae, kl_sae = reference(tiny_model, ids, mask, fn)
     _, ce_zero, kl_zero = reference(tiny_model, ids, mask, torch.zeros_like)
     assert m["ce_clean"] == pytest.approx(ce_clean, rel=1e-5)
@@ -102,7 +114,7 @@ def test_matches_reference(tiny_model, contexts):
 
 
 def test_perfect_reconstruction(tiny_model, contexts):
-    m = spliced_metrics(tiny_model, "transformer.h.1", FnSAE(32, lambda x: x), *contexts)
+    m = spliced_metrics(tiny_model, tiny_model.hook_name, FnSAE(32, lambda x: x), *contexts)
     assert m["ce_recovered"] == pytest.approx(1.0, abs=1e-5)
     assert m["kl_sae"] == pytest.approx(0.0, abs=1e-6)
     assert m["delta_ce"] == pytest.approx(0.0, abs=1e-5)
@@ -110,7 +122,7 @@ def test_perfect_reconstruction(tiny_model, contexts):
 
 
 def test_returning_zeros_is_zero_ablation(tiny_model, contexts):
-    m = spliced_metrics(tiny_model, "transformer.h.1", FnSAE(32, torch.zeros_like), *contexts)
+    m = spliced_metrics(tiny_model, tiny_model.hook_name, FnSAE(32, torch.zeros_like), *contexts)
     assert m["ce_sae"] == pytest.approx(m["ce_zero"], rel=1e-6)
     assert m["ce_recovered"] == pytest.approx(0.0, abs=1e-5)
 
@@ -118,5 +130,16 @@ def test_returning_zeros_is_zero_ablation(tiny_model, contexts):
 def test_special_positions_are_untouched(tiny_model, contexts):
     ids, mask = contexts
     none = torch.zeros_like(mask)
-    m = spliced_metrics(tiny_model, "transformer.h.1", FnSAE(32, torch.zeros_like), ids, none)
+    m = spliced_metrics(tiny_model, tiny_model.hook_name, FnSAE(32, torch.zeros_like), ids, none)
     assert m["downstream_positions"] == 0
+
+
+def test_one_forward_pass_serves_all_three_runs(tiny_model, contexts):
+    """The layers below the hook run once per batch: the batch triples at the hook."""
+    calls = []
+    handle = tiny_model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        spliced_metrics(tiny_model, tiny_model.hook_name, FnSAE(32, lambda x: 0.5 * x), *contexts, batch_size=3)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # 6 contexts in batches of 3
