@@ -73,6 +73,7 @@ _SCHEMA: dict[str, tuple[type, bool]] = {
     "config": (dict, True),
     "data": (dict, True),
     "weights": (dict, True),
+    "training": (dict, False),
     "metrics": (dict, False),
 }
 
@@ -170,9 +171,18 @@ def register_run(name: str, run_dir: Path, metrics: dict[str, float], descriptio
     directory = registry_dir()
     weights = directory / "weights" / f"{name}.safetensors"
     ckpt.atomic_write(weights, lambda tmp: shutil.copyfile(Path(run_dir) / ckpt.WEIGHTS_FILE, tmp))
-    data = {k: v for k, v in header.get("data", {}).items() if k in ("source", "model", "hook", "dataset", "context_length")}
+    # What the source resolved (the hook a default stands for, the model's dtype) over what
+    # was asked for.
+    source = header.get("source", {})
+    data = {
+        k: v
+        for k, v in {**header.get("data", {}), **source}.items()
+        if k in ("source", "model", "hook", "dataset", "context_length", "model_dtype")
+    }
     train = header.get("train", {})
     data["tokens"] = int(train.get("steps", 0)) * int(train.get("batch_size", 0))
+    if source.get("source") == "model" and "n_tokens" in source:
+        data["distinct_tokens"] = source["n_tokens"]
     if data.get("source") == "synthetic":
         data["synthetic"] = header["data"]["synthetic"]
     manifest = {
@@ -186,6 +196,11 @@ def register_run(name: str, run_dir: Path, metrics: dict[str, float], descriptio
         "config": header["sae"],
         "data": {k: v for k, v in data.items() if v is not None},
         "weights": {"path": f"weights/{name}.safetensors", "sha256": file_sha256(weights)},
+        "training": {
+            "curriculum": header.get("curriculum_name", ""),
+            "curriculum_config": header.get("curriculum") or {},
+            **{k: train[k] for k in ("steps", "batch_size", "seed", "lr") if k in train},
+        },
         "metrics": {k: float(v) for k, v in metrics.items() if v == v},  # NaN has no TOML form
     }
     path = directory / f"{name}.toml"

@@ -25,7 +25,7 @@ def test_python_docs_is_deterministic_and_about_1_4_mb():
     assert any(d.startswith('The "for" statement') for d in docs)  # a pydoc topic
     assert inspect.cleandoc(textwrap.dedent.__doc__) in docs  # a standard-library docstring
     held_out = list(text.split_documents(docs, "eval"))
-    assert 0.02 < len(held_out) / len(docs) < 0.09
+    assert 0.06 < len(held_out) / len(docs) < 0.14  # one in text.EVAL_EVERY = 10
 
 
 def test_registered_names():

@@ -61,7 +61,7 @@ def test_split_is_deterministic_and_disjoint():
     held_out = list(text.split_documents(docs, "eval"))
     assert set(train).isdisjoint(held_out)
     assert len(train) + len(held_out) == len(docs)
-    assert 0.02 < len(held_out) / len(docs) < 0.09
+    assert 0.07 < len(held_out) / len(docs) < 0.13  # one in text.EVAL_EVERY = 10
     assert held_out == list(text.split_documents(reversed(docs), "eval"))[::-1]
 
 

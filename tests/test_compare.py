@@ -154,3 +154,16 @@ def test_registry_round_trip_and_validation(tmp_path, monkeypatch):
     assert_one_line_error(run_cli("registry", "show", "tiny-flat"), "does not match its sha256")
     entry.manifest.write_text(entry.manifest.read_text().replace("d_in = 64", 'd_in = "x"'))
     assert_one_line_error(run_cli("registry", "show", "tiny-flat"), "field 'd_in' must be a int")
+
+
+def test_shipped_registry_entries_load_and_match_their_checksums(monkeypatch):
+    """The entries in registry/ read, pass their sha256 check and hold the measured metrics."""
+    monkeypatch.delenv("SAEZOO_REGISTRY", raising=False)
+    entries = {e.name: e for e in catalog.list_entries()}
+    assert {"smollm2-flat", "smollm2-hsae"} <= set(entries)
+    for entry in entries.values():
+        sae = catalog.load_entry(entry)
+        assert sae.d_in == entry.d_in == 576
+        assert entry.data["model"] == "smollm2-135m" and entry.data["hook"] == "model.layers.15"
+        assert entry.metrics["explained_variance"] > 0.8 and entry.metrics["l0"] < 100
+    assert [name for name, _ in catalog.load_entry(entries["smollm2-hsae"]).latent_groups()] == ["tier1", "tier2", "tier3"]
