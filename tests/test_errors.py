@@ -102,6 +102,8 @@ def case(env, row: str):
         return ["train", "flat", *SYN, "--set", "train.steps=many"], {}, ["train.steps: 'many' is not an integer"]
     if row == "bad-set-syntax":
         return ["train", "flat", *SYN, "--set", "lr"], {}, ["expected key=value"]
+    if row == "shared-set-per-variant":
+        return ["compare", "flat", "topk", *SYN, "--set", "flat.train.steps=5"], {}, ["train.steps defines the shared stream"]
     if row == "negative-coefficient":
         return ["train", "flat", *SYN, "--set", "l1_coefficient=-1", "--out", str(r / "nc")], {}, ["l1_coefficient must be >= 0"]
     if row == "k-too-large":
