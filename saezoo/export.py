@@ -28,7 +28,7 @@ mapping is exact:
     matryoshka  jumprelu   likewise (as SAELens saves its matryoshka_batchtopk); the prefix
                            sizes go into the metadata
     jumprelu    jumprelu   threshold = exp(log_threshold)
-    gated       gated      W_enc = W_gate
+    gated       gated      b_gate, r_mag, b_mag as they are
 
 Any other architecture (hsae, third-party ones) has no SAELens counterpart and is refused.
 Reading goes the other way (standard -> flat, topk -> topk, jumprelu -> jumprelu, gated ->
@@ -126,7 +126,7 @@ def _jumprelu(s: dict[str, Tensor], cfg: dict[str, Any]) -> Exported:
 
 def _gated(s: dict[str, Tensor], cfg: dict[str, Any]) -> Exported:
     names = ("W_dec", "b_gate", "r_mag", "b_mag", "b_dec")
-    return "gated", {"W_enc": s["W_gate"], **{n: s[n] for n in names}}, {}
+    return "gated", {n: s[n] for n in ("W_enc", *names)}, {}
 
 
 EXPORTERS: dict[str, Callable[[dict[str, Tensor], dict[str, Any]], Exported]] = {
@@ -359,7 +359,7 @@ def from_saelens(cfg: dict[str, Any], tensors: dict[str, Tensor], where: Path | 
     sae_cfg: dict[str, Any] = {"expansion_factor": max(1, math.ceil(d_sae / d_in))}
     if arch == "gated":
         params = {
-            "W_gate": t["W_enc"],
+            "W_enc": t["W_enc"],
             "b_gate": t["b_gate"] if shift is None else t["b_gate"] + shift,
             "r_mag": t["r_mag"],
             "b_mag": t["b_mag"] if shift is None else t["b_mag"] + shift * t["r_mag"].exp(),

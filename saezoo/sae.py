@@ -135,12 +135,24 @@ def remove_parallel_grad_(weight: nn.Parameter) -> None:
 class UnitNormDictionarySAE(SAE):
     """The common parameterisation of the field: encode ``x − b_dec`` with ``W_enc``
     ``[d_in, width]``, decode with unit-norm rows of ``W_dec`` ``[width, d_in]`` plus
-    ``b_dec``. Subclasses create those parameters and write encode/decode/forward; this
-    class supplies the rest of the contract for them."""
+    ``b_dec``, width = ``cfg.expansion_factor * d_in``. This class creates those three
+    parameters and supplies the rest of the contract; subclasses add their own (biases,
+    thresholds) and write encode/decode/forward."""
 
-    W_enc: nn.Parameter
-    W_dec: nn.Parameter
-    b_dec: nn.Parameter
+    def __init__(self, d_in: int, cfg: Any):
+        super().__init__(d_in, cfg)
+        self.validate()
+        W_dec = torch.randn(cfg.expansion_factor * d_in, d_in)
+        unit_norm_rows_(W_dec)
+        self.W_dec = nn.Parameter(W_dec)
+        # Gao et al.: an encoder that starts as the decoder's transpose alone removes most
+        # dead latents at initialisation.
+        self.W_enc = nn.Parameter(W_dec.t().clone())
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    def validate(self) -> None:
+        if self.cfg.expansion_factor < 1:
+            raise ValueError(f"expansion_factor must be >= 1, got {self.cfg.expansion_factor}")
 
     def decoder_directions(self) -> Tensor:
         return self.W_dec

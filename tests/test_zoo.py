@@ -201,7 +201,7 @@ def test_gated_aux_loss_leaves_the_decoder_frozen():
     sae = make(GatedSAE)
     sae(inputs()).losses["aux"].backward()
     assert sae.W_dec.grad is None
-    assert sae.W_gate.grad.abs().sum() > 0
+    assert sae.W_enc.grad.abs().sum() > 0
 
 
 def _train_on_synthetic(sae: SAE, knobs: dict[str, float], steps: int, batch_size: int) -> tuple[float, float, float]:

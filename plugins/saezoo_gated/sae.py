@@ -4,8 +4,8 @@ Autoencoders").
 Deciding *which* latents fire and estimating *how much* are separate paths that share
 their weights:
 
-    gate = H(pi_gate) with pi_gate = W_gate (x - b_dec) + b_gate
-    magnitude = ReLU(exp(r_mag) * (W_gate (x - b_dec)) + b_mag)
+    gate = H(pi_gate) with pi_gate = W_enc (x - b_dec) + b_gate
+    magnitude = ReLU(exp(r_mag) * (W_enc (x - b_dec)) + b_mag)
     codes = gate * magnitude
 
 The L1 penalty falls on ReLU(pi_gate) only, so it cannot shrink the magnitudes. Since H
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saezoo import SAEOutput
-from saezoo.sae import UnitNormDictionarySAE, unit_norm_rows_
+from saezoo.sae import UnitNormDictionarySAE
 
 
 @dataclass
@@ -41,35 +41,27 @@ class GatedConfig:
 
 
 class GatedSAE(UnitNormDictionarySAE):
-    """Gate and magnitude paths sharing W_gate (the magnitude path rescales it by exp(r_mag));
-    unit-norm decoder rows."""
+    """Gate and magnitude paths sharing W_enc (the paper's W_gate; the magnitude path rescales
+    it by exp(r_mag)); unit-norm decoder rows."""
 
     Config = GatedConfig
     knobs = frozenset({"sparsity_scale"})
 
     def __init__(self, d_in: int, cfg: GatedConfig):
         super().__init__(d_in, cfg)
-        self.validate()
-        width = cfg.expansion_factor * d_in
-        W_dec = torch.randn(width, d_in)
-        unit_norm_rows_(W_dec)
-        self.W_dec = nn.Parameter(W_dec)
-        self.W_gate = nn.Parameter(W_dec.t().clone())
+        width = self.width
         self.b_gate = nn.Parameter(torch.zeros(width))
         self.r_mag = nn.Parameter(torch.zeros(width))
         self.b_mag = nn.Parameter(torch.zeros(width))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
 
     def validate(self) -> None:
-        cfg = self.cfg
-        if cfg.expansion_factor < 1:
-            raise ValueError(f"expansion_factor must be >= 1, got {cfg.expansion_factor}")
-        if cfg.l1_coefficient < 0:
-            raise ValueError(f"l1_coefficient must be >= 0, got {cfg.l1_coefficient}")
+        super().validate()
+        if self.cfg.l1_coefficient < 0:
+            raise ValueError(f"l1_coefficient must be >= 0, got {self.cfg.l1_coefficient}")
 
     def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(pi_gate, codes)."""
-        projected = (x - self.b_dec) @ self.W_gate
+        projected = (x - self.b_dec) @ self.W_enc
         pi_gate = projected + self.b_gate
         magnitude = F.relu(projected * self.r_mag.exp() + self.b_mag)
         return pi_gate, (pi_gate > 0) * magnitude
@@ -96,10 +88,3 @@ class GatedSAE(UnitNormDictionarySAE):
                 "aux": (x_hat_gate - x).pow(2).sum(-1).mean(),
             },
         )
-
-    @torch.no_grad()
-    def fold_input_scale(self, scale: float) -> None:
-        # Both paths read W_gate, so scaling it keeps pi_gate and the magnitudes unchanged.
-        self.W_gate.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)

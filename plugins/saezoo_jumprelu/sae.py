@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from saezoo import SAEOutput
-from saezoo.sae import UnitNormDictionarySAE, unit_norm_rows_
+from saezoo.sae import UnitNormDictionarySAE
 
 
 @dataclass
@@ -92,23 +92,16 @@ class JumpReLUSAE(UnitNormDictionarySAE):
 
     def __init__(self, d_in: int, cfg: JumpReLUConfig):
         super().__init__(d_in, cfg)
-        self.validate()
-        width = cfg.expansion_factor * d_in
-        W_dec = torch.randn(width, d_in)
-        unit_norm_rows_(W_dec)
-        self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.t().clone())
+        width = self.width
         self.b_enc = nn.Parameter(torch.zeros(width))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
         # A log parameterisation keeps thresholds positive and lets Adam move them in
         # proportion to their size.
         self.log_threshold = nn.Parameter(torch.full((width,), math.log(cfg.init_threshold * math.sqrt(d_in))))
         self.bandwidth = cfg.bandwidth * math.sqrt(d_in)
 
     def validate(self) -> None:
+        super().validate()
         cfg = self.cfg
-        if cfg.expansion_factor < 1:
-            raise ValueError(f"expansion_factor must be >= 1, got {cfg.expansion_factor}")
         if cfg.l0_coefficient < 0:
             raise ValueError(f"l0_coefficient must be >= 0, got {cfg.l0_coefficient}")
         for name in ("bandwidth", "init_threshold"):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saezoo import SAEOutput
-from saezoo.sae import UnitNormDictionarySAE, unit_norm_rows_
+from saezoo.sae import UnitNormDictionarySAE
 
 
 @dataclass
@@ -77,21 +77,11 @@ class TopKFamilySAE(UnitNormDictionarySAE):
 
     def __init__(self, d_in: int, cfg: TopKConfig):
         super().__init__(d_in, cfg)
-        self.validate()
-        width = cfg.expansion_factor * d_in
-        W_dec = torch.randn(width, d_in)
-        unit_norm_rows_(W_dec)
-        self.W_dec = nn.Parameter(W_dec)
-        # Gao et al.: the encoder starts as the decoder's transpose, which alone removes
-        # most dead latents at initialisation.
-        self.W_enc = nn.Parameter(W_dec.t().clone())
-        self.b_enc = nn.Parameter(torch.zeros(width))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.b_enc = nn.Parameter(torch.zeros(self.width))
 
     def validate(self) -> None:
+        super().validate()
         cfg = self.cfg
-        if cfg.expansion_factor < 1:
-            raise ValueError(f"expansion_factor must be >= 1, got {cfg.expansion_factor}")
         width = cfg.expansion_factor * self.d_in
         check_k(cfg.k, width)
         if cfg.aux_k is not None:
