@@ -63,29 +63,22 @@ def spliced_metrics(
         ids, m = ids.to(device), m.to(device)
         state: dict[str, Tensor] = {}
 
-        def splice_mask(act: Tensor) -> Tensor:
+        def spliced(act: Tensor, m: Tensor = m, state: dict = state) -> tuple[Tensor, Tensor]:
+            """The activation with the SAE's reconstruction, and zero-ablated, on one mask."""
             keep = m.clone()
             if max_norm is not None:
                 keep &= act.float().norm(dim=-1) <= max_norm
-            return keep
-
-        def with_sae(act: Tensor) -> Tensor:
-            keep = splice_mask(act)
             x = act[keep].float()
             x_hat = sae.decode(sae.encode(x))
             state["cos"] = torch.cosine_similarity(x_hat, x, dim=-1)
             state["ratio"] = x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)
             state["keep"] = keep
-            out = act.clone()
-            out[keep] = x_hat.to(act.dtype)
-            return out
+            with_sae, with_zero = act.clone(), act.clone()
+            with_sae[keep] = x_hat.to(act.dtype)
+            with_zero[keep] = 0
+            return with_sae, with_zero
 
-        def with_zero(act: Tensor) -> Tensor:
-            out = act.clone()
-            out[splice_mask(act)] = 0
-            return out
-
-        logits = _three_runs(model, module, ids, with_sae, with_zero)  # [3, B, T, V]: clean, sae, zero
+        logits = _three_runs(model, module, ids, spliced)  # [3, B, T, V]: clean, sae, zero
         # Position t predicts token t+1: count it when t was spliced and t+1 is real.
         counted = state["keep"][:, :-1] & m[:, 1:]
         rows, cols = counted.nonzero(as_tuple=True)
@@ -109,8 +102,8 @@ def spliced_metrics(
     return out
 
 
-def _three_runs(model: nn.Module, module: nn.Module, ids: Tensor, with_sae, with_zero) -> Tensor:
-    """Logits ``[3, B, T, V]`` of the clean, SAE-spliced and zero-ablated runs.
+def _three_runs(model: nn.Module, module: nn.Module, ids: Tensor, spliced) -> Tensor:
+    """Logits ``[3, B, T, V]`` of the clean run and the two runs ``spliced(act)`` gives.
 
     The three share everything below the hook, so one forward pass serves them: at the hook
     the batch becomes ``[clean; spliced; ablated]`` and the layers above run on 3B rows. This
@@ -119,7 +112,7 @@ def _three_runs(model: nn.Module, module: nn.Module, ids: Tensor, with_sae, with
     a model where it does not fails on the shapes, and then gets three separate passes.
     """
     b = ids.shape[0]
-    handle = _replace_output(module, lambda act: torch.cat([act, with_sae(act), with_zero(act)]))
+    handle = _replace_output(module, lambda act: torch.cat([act, *spliced(act)]))
     try:
         logits = model(ids, use_cache=False).logits
         if logits.shape[0] == 3 * b:
@@ -129,8 +122,8 @@ def _three_runs(model: nn.Module, module: nn.Module, ids: Tensor, with_sae, with
     finally:
         handle.remove()
     runs = [model(ids, use_cache=False).logits]
-    for fn in (with_sae, with_zero):
-        handle = _replace_output(module, fn)
+    for i in (0, 1):
+        handle = _replace_output(module, lambda act, i=i: spliced(act)[i])
         try:
             runs.append(model(ids, use_cache=False).logits)
         finally:

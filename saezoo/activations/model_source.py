@@ -160,6 +160,10 @@ class ModelSource:
             return entry.manifest["hook"]
         return resolve_hook(self.model, self.requested_hook)
 
+    @property
+    def _dtype_name(self) -> str:
+        return str(self.model_dtype).removeprefix("torch.")
+
     # -- what the harvest found ----------------------------------------------------------------
 
     @property
@@ -199,7 +203,7 @@ class ModelSource:
             "n_tokens": self.n_tokens,
             "seed": self.seed,
             "max_norm_multiple": self.max_norm_multiple,
-            "model_dtype": str(self.model_dtype).removeprefix("torch."),
+            "model_dtype": self._dtype_name,
         }
 
     # -- the streams ---------------------------------------------------------------------------
@@ -335,7 +339,7 @@ class ModelSource:
             "format": FORMAT_VERSION,
             "model": self.model_name,
             "model_files": _fingerprint(self.model_name),
-            "model_dtype": str(self.model_dtype).removeprefix("torch."),
+            "model_dtype": self._dtype_name,
             "hook": self.requested_hook or "default",
             "dataset": self.dataset,
             "dataset_files": _fingerprint(self.dataset),
