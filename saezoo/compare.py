@@ -20,7 +20,7 @@ import saezoo
 from saezoo import catalog, checkpoint, plots
 from saezoo.config import RunConfig, merge, parse_set, read_toml, resolve_run
 from saezoo.errors import UsageError
-from saezoo.evaluate import firing_density, full_evaluation
+from saezoo.evaluate import full_evaluation
 
 # Columns of the terminal table and report.md, in order, when present.
 TABLE_METRICS = [
@@ -187,12 +187,13 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> di
     for v in variants:
         sae = saes[v.label]
         groups = None if len(sae.latent_groups()) > 1 else sizes
+        density: list[torch.Tensor] = []
         metrics = full_evaluation(
             sae, source, eval_x, base.train.batch_size, device, group_sizes=groups,
-            downstream_tokens=base.train.downstream_tokens,
+            downstream_tokens=base.train.downstream_tokens, density_out=density,
         )
         results[v.label] = metrics
-        densities[v.label] = firing_density(sae, eval_x.split(base.train.batch_size), device)
+        densities[v.label] = density[0]
     report = {
         "saezoo_version": saezoo.__version__,
         "torch_version": torch.__version__,

@@ -2,8 +2,11 @@
 
 Each context is run three ways — clean, with the hooked activation replaced by the SAE's
 reconstruction, and with it zero-ablated — and the next-token predictions are compared. The
-three share the layers below the hook, which run once (see ``_three_runs``). Positions whose activation is not a training token (BOS, padding, massive
-outliers) are left untouched in both spliced runs. A position counts when its activation
+runs share the layers below the hook, which run once (see ``_runs``). The zero-ablated run
+does not depend on the SAE: given a ``baseline_key``, its sums are cached, and later
+evaluations on the same contexts run only the clean and the SAE runs. Positions whose
+activation is not a training token (BOS, padding, massive outliers) are left untouched in
+both spliced runs. A position counts when its activation
 was spliced and the token it predicts is real (the next position's mask is true).
 
 * ``ce_clean``, ``ce_sae``, ``ce_zero``: mean next-token cross-entropy (nats).
@@ -14,11 +17,17 @@ was spliced and the token it predicts is real (the next position's mask is true)
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from saezoo.activations.cache import cache_root, key_hash
 from saezoo.sae import SAE
 
 
@@ -49,22 +58,36 @@ def spliced_metrics(
     batch_size: int = 8,
     max_norm: float | None = None,
     device: torch.device | str = "cpu",
+    baseline_key: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, float]:
     """Spliced CE/KL on contexts ``input_ids`` ``[N, T]`` with splice mask ``mask`` ``[N, T]``.
 
     ``sae`` takes raw activations (a saved SAE). ``max_norm``: activations above it are
-    outliers and stay untouched.
+    outliers and stay untouched. ``baseline_key`` identifies the model and hook (the
+    activation cache's key does); with it the zero-ablated run's sums are read from, or
+    written to, ``<cache_dir>/downstream``.
     """
     module = model.get_submodule(hook)
     sae = sae.to(device).eval()
+    baseline_file = None
+    if baseline_key is not None:
+        contexts = hashlib.sha256(input_ids.cpu().numpy().tobytes() + mask.cpu().numpy().tobytes()).hexdigest()
+        key = {**baseline_key, "contexts": contexts, "shape": list(input_ids.shape), "max_norm": max_norm, "batch_size": batch_size}
+        baseline_file = (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "downstream" / f"{key_hash(key)}.json"
+        baseline = _read_baseline(baseline_file, key)
+    else:
+        baseline = None
+    names = ("ce_clean", "ce_sae", "kl_sae") if baseline else ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
     totals = {k: 0.0 for k in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero", "cosine", "norm_ratio")}
     positions, spliced_tokens = 0, 0
     for ids, m in zip(input_ids.split(batch_size), mask.split(batch_size)):
         ids, m = ids.to(device), m.to(device)
         state: dict[str, Tensor] = {}
 
-        def spliced(act: Tensor, m: Tensor = m, state: dict = state) -> tuple[Tensor, Tensor]:
-            """The activation with the SAE's reconstruction, and zero-ablated, on one mask."""
+        def spliced(act: Tensor, m: Tensor = m, state: dict = state) -> list[Tensor]:
+            """The activation with the SAE's reconstruction, and (without a cached baseline)
+            zero-ablated, on one mask."""
             keep = m.clone()
             if max_norm is not None:
                 keep &= act.float().norm(dim=-1) <= max_norm
@@ -73,25 +96,42 @@ def spliced_metrics(
             state["cos"] = torch.cosine_similarity(x_hat, x, dim=-1)
             state["ratio"] = x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)
             state["keep"] = keep
-            with_sae, with_zero = act.clone(), act.clone()
+            with_sae = act.clone()
             with_sae[keep] = x_hat.to(act.dtype)
+            if baseline:
+                return [with_sae]
+            with_zero = act.clone()
             with_zero[keep] = 0
-            return with_sae, with_zero
+            return [with_sae, with_zero]
 
-        logits = _three_runs(model, module, ids, spliced)  # [3, B, T, V]: clean, sae, zero
-        # Position t predicts token t+1: count it when t was spliced and t+1 is real.
-        counted = state["keep"][:, :-1] & m[:, 1:]
-        rows, cols = counted.nonzero(as_tuple=True)
-        flat = logits.flatten(1, 2)  # [3, B*T, V], a view
-        per_chunk = max(1, _CHUNK_BYTES // (3 * flat.shape[-1] * 4))
-        for chunk in (rows * ids.shape[1] + cols).split(per_chunk):
-            targets = ids.flatten()[chunk + 1]
-            for name, value in _ce_kl(flat.index_select(1, chunk).float(), targets).items():
-                totals[name] += value
-        positions += len(rows)
+        logits = _runs(model, module, ids, spliced)  # [R, B, T, V]: clean, sae(, zero)
+        # Position t predicts token t+1: count it when t was spliced and t+1 is real. Chunks
+        # are contiguous runs of positions, uncounted ones weighted 0: slicing a view is
+        # cheaper than gathering the counted rows, and nearly every position counts.
+        counted = torch.zeros_like(m)
+        counted[:, :-1] = state["keep"][:, :-1] & m[:, 1:]
+        targets = torch.zeros_like(ids)
+        targets[:, :-1] = ids[:, 1:]
+        weight, targets = counted.flatten().float(), targets.flatten()
+        flat = logits.flatten(1, 2)  # [R, B*T, V], a view
+        per_chunk = max(1, _CHUNK_BYTES // (flat.shape[0] * flat.shape[-1] * 4))
+        for start in range(0, flat.shape[1], per_chunk):
+            w = weight[start : start + per_chunk]
+            if not w.any():
+                continue
+            ce, kl = _ce_kl(flat[:, start : start + per_chunk], targets[start : start + per_chunk])
+            for name, value in zip(names, torch.cat([ce, kl]) @ w):
+                totals[name] += float(value)
+        positions += int(counted.sum())
         totals["cosine"] += float(state["cos"].sum())
         totals["norm_ratio"] += float(state["ratio"].sum())
         spliced_tokens += int(state["keep"].sum())
+    if baseline:
+        if baseline["positions"] != positions:
+            raise RuntimeError(f"{baseline_file}: cached baseline counts {baseline['positions']} positions, this run {positions}")
+        totals["ce_zero"], totals["kl_zero"] = baseline["ce_zero"], baseline["kl_zero"]
+    elif baseline_file is not None:
+        _write_baseline(baseline_file, key, {"positions": positions, "ce_zero": totals["ce_zero"], "kl_zero": totals["kl_zero"]})
     out = {k: v / max(positions, 1) for k, v in totals.items() if k not in ("cosine", "norm_ratio")}
     out["cosine"] = totals["cosine"] / max(spliced_tokens, 1)
     out["norm_ratio"] = totals["norm_ratio"] / max(spliced_tokens, 1)
@@ -102,28 +142,38 @@ def spliced_metrics(
     return out
 
 
-def _three_runs(model: nn.Module, module: nn.Module, ids: Tensor, spliced) -> Tensor:
-    """Logits ``[3, B, T, V]`` of the clean run and the two runs ``spliced(act)`` gives.
+def _runs(model: nn.Module, module: nn.Module, ids: Tensor, spliced: Callable[[Tensor], list[Tensor]]) -> Tensor:
+    """Logits ``[R, B, T, V]`` of the clean run and of the R − 1 runs ``spliced(act)`` gives.
 
-    The three share everything below the hook, so one forward pass serves them: at the hook
-    the batch becomes ``[clean; spliced; ablated]`` and the layers above run on 3B rows. This
+    The runs share everything below the hook, so one forward pass serves them: at the hook
+    the batch becomes ``[clean; spliced...]`` and the layers above run on R·B rows. This
     needs every tensor those layers take besides the hidden states (rotary tables, masks) to
     broadcast over the batch, which holds for decoder-only models run without a padding mask;
-    a model where it does not fails on the shapes, and then gets three separate passes.
+    a model where it does not fails on the shapes, and then gets separate passes.
     """
     b = ids.shape[0]
     handle = _replace_output(module, lambda act: torch.cat([act, *spliced(act)]))
     try:
         logits = model(ids, use_cache=False).logits
-        if logits.shape[0] == 3 * b:
-            return logits.unflatten(0, (3, b))
+        if logits.shape[0] > b:
+            return logits.unflatten(0, (-1, b))
     except RuntimeError:
         pass
     finally:
         handle.remove()
-    runs = [model(ids, use_cache=False).logits]
-    for i in (0, 1):
-        handle = _replace_output(module, lambda act, i=i: spliced(act)[i])
+    replacements: list[Tensor] = []
+
+    def keep_clean(act: Tensor) -> Tensor:  # the replacements are made once, from the clean activation
+        replacements.extend(spliced(act))
+        return act
+
+    handle = _replace_output(module, keep_clean)
+    try:
+        runs = [model(ids, use_cache=False).logits]
+    finally:
+        handle.remove()
+    for replacement in replacements:
+        handle = _replace_output(module, lambda _act, r=replacement: r)
         try:
             runs.append(model(ids, use_cache=False).logits)
         finally:
@@ -131,8 +181,9 @@ def _three_runs(model: nn.Module, module: nn.Module, ids: Tensor, spliced) -> Te
     return torch.stack(runs)
 
 
-def _ce_kl(logits: Tensor, targets: Tensor) -> dict[str, float]:
-    """Summed CE of each run and KL(clean ‖ run) from logits ``[3, n, V]`` (overwritten).
+def _ce_kl(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-position CE of each run ``[R, n]`` and KL(clean ‖ run) of the spliced runs
+    ``[R − 1, n]``, from logits ``[R, n, V]`` (overwritten when they are float32 already).
 
     With s = l − max(l) the shifted logits and Z = Σ_v exp(s_v), log p = s − log Z, so
     CE = log Z − s[target] and KL(p ‖ q) = Σ_v p_v (s_p,v − s_q,v) − log Z_p + log Z_q:
@@ -140,17 +191,26 @@ def _ce_kl(logits: Tensor, targets: Tensor) -> dict[str, float]:
     """
     shifted = logits.float()
     shifted.sub_(shifted.amax(dim=-1, keepdim=True))
-    picked = shifted.gather(2, targets.expand(3, -1).unsqueeze(-1)).squeeze(-1)
+    picked = shifted.gather(2, targets.expand(len(shifted), -1).unsqueeze(-1)).squeeze(-1)
     exp = torch.exp(shifted)
     log_z = exp.sum(dim=-1).log()  # [3, n]
-    ce = (log_z - picked).sum(dim=1)
     p_clean = exp[0].div_(exp[0].sum(dim=-1, keepdim=True))
-    expected = torch.stack([(p_clean * run).sum(dim=-1) for run in shifted])  # Σ_v p_v s_v per run
-    kl = (expected[0] - expected[1:] - log_z[0] + log_z[1:]).sum(dim=1)
-    return {
-        "ce_clean": float(ce[0]),
-        "ce_sae": float(ce[1]),
-        "ce_zero": float(ce[2]),
-        "kl_sae": float(kl[0]),
-        "kl_zero": float(kl[1]),
-    }
+    expected = torch.einsum("nv,rnv->rn", p_clean, shifted)  # Σ_v p_v s_v per run, as a batched matvec
+    kl = expected[0] - expected[1:] - log_z[0] + log_z[1:]
+    return log_z - picked, kl
+
+
+def _read_baseline(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return stored["sums"] if stored.get("key") == key else None
+
+
+def _write_baseline(path: Path, key: dict[str, Any], sums: dict[str, Any]) -> None:
+    """Atomically (temp file + rename), so a killed run leaves no half-written baseline."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp.write_text(json.dumps({"key": key, "sums": sums}))
+    os.replace(tmp, path)

@@ -173,11 +173,13 @@ def evaluate_sae(
     batches: Iterable[Tensor],
     ground_truth: GroundTruth | None = None,
     device: torch.device | str = "cpu",
+    density_out: list[Tensor] | None = None,
 ) -> dict[str, float]:
     """Reconstruction, sparsity, per-tier and (if known) ground-truth metrics.
 
     Marginal explained variance of a tier: the drop in explained variance when that
-    tier's codes are zeroed before decoding.
+    tier's codes are zeroed before decoding. ``density_out``, when given, receives each
+    latent's firing frequency (saves a pass over the data for the composition coverage).
     """
     was_training = sae.training
     sae.eval()
@@ -198,6 +200,8 @@ def evaluate_sae(
             masked[:, sl] = 0
             without[name].add(x, sae.decode(masked))
     sae.train(was_training)
+    if density_out is not None:
+        density_out.append(sparsity.density())
     metrics = {**recon.result(), **sparsity.result(), **extra.result()}
     for name, stats in without.items():
         metrics[f"marginal_ev/{name}"] = metrics["explained_variance"] - stats.result()["explained_variance"]
@@ -224,16 +228,19 @@ def full_evaluation(
     device: torch.device | str = "cpu",
     group_sizes: list[int] | None = None,
     downstream_tokens: int = 0,
+    density_out: list[Tensor] | None = None,
 ) -> dict[str, float]:
     """Every metric that applies to ``sae`` (which takes raw activations) on held-out ``x``
     from ``source``: reconstruction, sparsity, tiers, composition coverage, ground truth
-    (synthetic) and spliced CE/KL on ``downstream_tokens`` tokens (model sources)."""
+    (synthetic) and spliced CE/KL on ``downstream_tokens`` tokens (model sources).
+    ``density_out``, when given, receives each latent's firing frequency on ``x``."""
     from saezoo.hierarchy import composition_coverage, ground_truth_hierarchy
 
     sae = sae.to(device).eval()
     batches = lambda: x.split(batch_size)  # noqa: E731
-    metrics = evaluate_sae(sae, batches(), source.ground_truth, device)
-    metrics.update(composition_coverage(sae, batches, group_sizes, device=device))
+    density: list[Tensor] = [] if density_out is None else density_out
+    metrics = evaluate_sae(sae, batches(), source.ground_truth, device, density_out=density)
+    metrics.update(composition_coverage(sae, batches, group_sizes, device=device, density=density[-1]))
     if source.ground_truth is not None and hasattr(source, "eval_features"):
         codes = torch.cat([sae.encode(b.to(device)).cpu() for b in batches()])
         truth_coeffs = source.eval_features(x.shape[0])
@@ -244,16 +251,8 @@ def full_evaluation(
         input_ids, mask = source.eval_contexts(downstream_tokens)
         metrics.update(
             spliced_metrics(
-                source.model, source.hook, sae, input_ids, mask, max_norm=source.outlier_threshold, device=device
+                source.model, source.hook, sae, input_ids, mask, max_norm=source.outlier_threshold, device=device,
+                baseline_key=source.baseline_key(), cache_dir=source.cache_dir,
             )
         )
     return metrics
-
-
-@torch.no_grad()
-def firing_density(sae: SAE, batches: Iterable[Tensor], device: torch.device | str = "cpu") -> Tensor:
-    """Share of tokens on which each latent fires."""
-    stats = SparsityStats(sae.width, [])
-    for x in batches:
-        stats.add(sae.encode(x.to(device)))
-    return stats.density()

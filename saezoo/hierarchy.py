@@ -56,14 +56,15 @@ def parents_by_coactivation(counts: Tensor, n_parents: int = N_PARENTS) -> Tenso
 
 
 def coverage(child_codes: Tensor, parent_codes: Tensor, parents: Tensor) -> tuple[float, float]:
-    """(numerator, denominator) of CCR for one batch."""
-    weight = child_codes.clamp_min(0).float()
-    parent_on = parent_codes != 0
-    any_parent = torch.zeros_like(weight, dtype=torch.bool)
-    for k in range(parents.shape[1]):  # a loop over the few parents keeps memory at [N, d]
-        any_parent |= parent_on[:, parents[:, k]]
+    """(numerator, denominator) of CCR for one batch.
+
+    Only firing children weigh, so the parents are looked up at the children's non-zero
+    entries alone (codes are sparse: this is a small gather, not one per latent column)."""
+    token, child = child_codes.nonzero(as_tuple=True)
+    weight = child_codes[token, child].clamp_min(0).float()
+    parent_on = (parent_codes != 0)[token.unsqueeze(1), parents[child]].any(dim=1)
     # float32 products, float64 sums: the sums are what loses precision over many tokens
-    return float((weight * any_parent).sum(dtype=torch.float64)), float(weight.sum(dtype=torch.float64))
+    return float((weight * parent_on).sum(dtype=torch.float64)), float(weight.sum(dtype=torch.float64))
 
 
 @torch.no_grad()
@@ -73,11 +74,13 @@ def composition_coverage(
     group_sizes: list[int] | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    density: Tensor | None = None,
 ) -> dict[str, float]:
     """CCR of every tier after the first, with its shuffled-parents chance level.
 
-    ``batches()`` returns a fresh iterable of activation batches (read twice).
-    ``group_sizes`` groups a tierless SAE (or regroups a tiered one) by firing frequency.
+    ``batches()`` returns a fresh iterable of activation batches (read two or three times).
+    ``group_sizes`` groups a tierless SAE (or regroups a tiered one) by firing frequency:
+    ``density`` (each latent's firing frequency on these batches), or a pass to count it.
     """
     encode = lambda x: sae.encode(x.to(device))  # noqa: E731
     own = group_slices(sae)
@@ -86,13 +89,25 @@ def composition_coverage(
         groups = [torch.arange(sl.start, sl.stop) for _, sl in own]
         by_weight = tier_parents is not None
     else:
-        density = torch.zeros(sae.width, dtype=torch.float64)
-        for x in batches():
-            density += (encode(x) != 0).sum(0).double().cpu()
+        if density is None:
+            density = torch.zeros(sae.width, dtype=torch.float64)
+            for x in batches():
+                density += (encode(x) != 0).sum(0).double().cpu()
         groups = frequency_groups(density, group_sizes or [1, 1, 1])
         by_weight = False
     if len(groups) < 2:
         return {}
+    # Codes with the groups side by side, so a group is a slice: one gather per batch (none
+    # for tiers, already contiguous) instead of one per group and use.
+    order = torch.cat(groups)
+    identity = bool((order == torch.arange(len(order))).all())
+    bounds = [0, *torch.tensor([len(g) for g in groups]).cumsum(0).tolist()]
+    sl = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+    def grouped(x: Tensor) -> Tensor:
+        codes = encode(x).cpu()
+        return codes if identity else codes[:, order]
+
     parents: list[Tensor] = []
     if by_weight:
         parents = [parents_by_weight(tier_parents(i + 1).detach().cpu()) for i in range(1, len(groups))]  # 1-based tiers
@@ -101,17 +116,17 @@ def composition_coverage(
         for x in batches():
             # 0/1 products summed over one batch are integers far below 2^24: exact in float32,
             # at a fraction of a float64 matmul's cost; the running totals are float64.
-            on = (encode(x) != 0).float().cpu()
+            on = (grouped(x) != 0).float()
             for i in range(1, len(groups)):
-                counts[i - 1] += (on[:, groups[i]].T @ on[:, groups[i - 1]]).double()
+                counts[i - 1] += (on[:, sl[i]].T @ on[:, sl[i - 1]]).double()
         parents = [parents_by_coactivation(c) for c in counts]
     gen = torch.Generator().manual_seed(seed)
     shuffled = [torch.randperm(len(groups[i - 1]), generator=gen)[p] for i, p in zip(range(1, len(groups)), parents)]
     sums = {(i, kind): [0.0, 0.0] for i in range(1, len(groups)) for kind in ("real", "chance")}
     for x in batches():
-        codes = encode(x).cpu()
+        codes = grouped(x)
         for i in range(1, len(groups)):
-            child, parent = codes[:, groups[i]], codes[:, groups[i - 1]]
+            child, parent = codes[:, sl[i]], codes[:, sl[i - 1]]
             for kind, p in (("real", parents[i - 1]), ("chance", shuffled[i - 1])):
                 num, den = coverage(child, parent, p)
                 sums[(i, kind)][0] += num

@@ -30,7 +30,7 @@ from saezoo.activations.source import ActivationSource
 from saezoo.config import RunConfig
 from saezoo.curriculum import Curriculum, check_compatible
 from saezoo.errors import SaezooError, TrainingDiverged, UsageError
-from saezoo.evaluate import evaluate_sae, firing_density, full_evaluation
+from saezoo.evaluate import evaluate_sae, full_evaluation
 from saezoo.sae import SAE, group_slices
 
 # Tokens used to estimate the normalisation scale and initialise data-dependent weights.
@@ -273,9 +273,11 @@ class Trainee:
     def evaluate(self, eval_x: Tensor, source: ActivationSource, final: bool = False) -> dict[str, float]:
         """Held-out metrics; the final evaluation adds every metric and writes metrics.json."""
         sae = self.inference_copy()
+        density: list[Tensor] = []
         if final:
             metrics = full_evaluation(
-                sae, source, eval_x, self.cfg.batch_size, self.device, downstream_tokens=self.cfg.downstream_tokens
+                sae, source, eval_x, self.cfg.batch_size, self.device, downstream_tokens=self.cfg.downstream_tokens,
+                density_out=density,
             )
         else:
             metrics = evaluate_sae(sae, eval_x.split(self.cfg.batch_size), source.ground_truth, self.device)
@@ -289,8 +291,7 @@ class Trainee:
             from saezoo import plots
 
             ckpt.write_json(self.out_dir / ckpt.METRICS_FILE, metrics)
-            density = firing_density(sae, eval_x.split(self.cfg.batch_size), self.device)
-            plots.density_report(density, self.out_dir, self.writer, self.step)
+            plots.density_report(density[0], self.out_dir, self.writer, self.step)
         return metrics
 
     def save_checkpoint(self) -> None:

@@ -143,3 +143,27 @@ def test_one_forward_pass_serves_all_three_runs(tiny_model, contexts):
     finally:
         handle.remove()
     assert len(calls) == 2  # 6 contexts in batches of 3
+
+
+def test_cached_baseline_skips_the_ablated_run(tiny_model, contexts, tmp_path):
+    """The zero-ablated run does not depend on the SAE: the second evaluation on the same
+    contexts reads its sums and runs only the clean and SAE rows above the hook."""
+    rows = []
+    block = tiny_model.get_submodule(tiny_model.hook_name.rsplit(".", 1)[0] + ".2")
+    handle = block.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+    key = {"model": "tiny"}
+    try:
+        first = spliced_metrics(tiny_model, tiny_model.hook_name, FnSAE(32, lambda x: 0.5 * x), *contexts,
+                                baseline_key=key, cache_dir=tmp_path)
+        first_rows, rows[:] = list(rows), []
+        second = spliced_metrics(tiny_model, tiny_model.hook_name, FnSAE(32, lambda x: 0.9 * x), *contexts,
+                                 baseline_key=key, cache_dir=tmp_path)
+        uncached = spliced_metrics(tiny_model, tiny_model.hook_name, FnSAE(32, lambda x: 0.9 * x), *contexts)
+    finally:
+        handle.remove()
+    assert first_rows == [18]  # 6 contexts x 3 runs, in one batch
+    assert rows[:1] == [12]  # then clean + SAE only
+    assert len(list((tmp_path / "downstream").glob("*.json"))) == 1
+    assert second["ce_zero"] == first["ce_zero"] and second["kl_zero"] == first["kl_zero"]
+    for name in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero", "ce_recovered"):
+        assert second[name] == pytest.approx(uncached[name], rel=1e-4, abs=1e-6), name  # batch shapes differ

@@ -252,6 +252,11 @@ class ModelSource:
         ids, mask = next(text.batch_contexts(contexts, len(contexts)))
         return ids, mask
 
+    def baseline_key(self) -> dict[str, Any] | None:
+        """Identifies model, hook and data for cached SAE-independent downstream sums
+        (``saezoo.downstream``); ``None`` when the cache is off."""
+        return self._key("downstream", 0) if self.cache else None
+
     # -- harvesting ------------------------------------------------------------------------------
 
     def _prepare(self) -> dict[str, Any]:
