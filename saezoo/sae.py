@@ -116,6 +116,26 @@ def group_slices(sae: SAE) -> list[tuple[str, slice]]:
     return out
 
 
+def encoder_inputs(x: Tensor, W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x − b_dec, b_enc)``, whose ``centred @ W_enc + bias`` is the usual pre-activation,
+    with b_dec's gradient moved from the first to the second.
+
+    b_dec's gradient through the encoder is then (sum over tokens of grad_pre) @ W_enc.T, a
+    vector product; autograd on (x − b_dec) @ W_enc multiplies every token's grad_pre by
+    W_enc.T, a product as costly as the encoder (one matmul in six of a dense step).
+    ``zero_with_grad`` is exactly zero, so the values are unchanged. ``b_enc=None``: no bias.
+    """
+    zero_with_grad = b_dec - b_dec.detach()
+    shift = zero_with_grad @ W_enc
+    return x - b_dec.detach(), (-shift if b_enc is None else b_enc - shift)
+
+
+def pre_activations(x: Tensor, W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor) -> Tensor:
+    """(x − b_dec) @ W_enc + b_enc with the cheap b_dec gradient of :func:`encoder_inputs`."""
+    centred, bias = encoder_inputs(x, W_enc, b_enc, b_dec)
+    return torch.addmm(bias, centred, W_enc) if centred.dim() == 2 else centred @ W_enc + bias
+
+
 def unit_norm_rows_(weight: Tensor, eps: float = 1e-8) -> None:
     """Rescale each row of ``weight`` to unit L2 norm, in place."""
     weight.div_(weight.norm(dim=-1, keepdim=True).clamp_min(eps))

@@ -85,6 +85,41 @@ def test_sparse_decoding_equals_dense_in_values_and_gradients(cls):
     torch.testing.assert_close(sparse_grads, dense_grads)
 
 
+def test_fused_topk_gradients_equal_autograd_on_the_dense_formula():
+    """Every input of the fused node (the input too, which training never needs) gets the
+    gradient autograd gives the plain formula; ties and zeroed values included."""
+    from saezoo_topk.fused import topk_autoencode
+
+    gen = torch.Generator().manual_seed(3)
+    x, W_enc, b_enc, W_dec = (torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((32, 8), (8, 24), (24,), (24, 8)))
+    b_enc[::4] = -5.0  # some selected pre-activations are negative: ReLU'd to 0
+    grad = torch.randn(32, 8, generator=gen, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        leaves = [t.clone().requires_grad_() for t in (x, W_enc, b_enc, W_dec)]
+        xl, We, be, Wd = leaves
+        if fused:
+            x_hat = topk_autoencode(xl, We, be, Wd, 5)[0]
+        else:
+            pre = xl @ We + be
+            values, latents = pre.topk(5, dim=-1)
+            x_hat = torch.zeros_like(pre).scatter(-1, latents, values.relu()) @ Wd
+        x_hat.backward(grad)
+        results.append((x_hat.detach(), [t.grad for t in leaves]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for fused_grad, dense_grad in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(fused_grad, dense_grad)
+
+
+def test_fused_topk_runs_under_bf16_autocast():
+    sae = make(TopKSAE)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(inputs())
+    sum(out.losses.values()).backward()
+    assert out.x_hat.dtype == torch.float32
+    assert all(torch.isfinite(p.grad).all() for p in sae.parameters())
+
+
 def test_sparse_decoding_touches_only_selected_decoder_rows():
     sae = make(TopKSAE)
     out = sae(inputs(4))

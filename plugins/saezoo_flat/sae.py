@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from saezoo import SAE, SAEOutput
+from saezoo.sae import pre_activations
 
 
 @dataclass
@@ -53,7 +54,7 @@ class FlatSAE(SAE):
             raise ValueError(f"init_decoder_norm must be > 0, got {self.cfg.init_decoder_norm}")
 
     def encode(self, x: Tensor) -> Tensor:
-        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+        return torch.relu(pre_activations(x, self.W_enc, self.b_enc, self.b_dec))
 
     def decode(self, codes: Tensor) -> Tensor:
         return codes @ self.W_dec + self.b_dec
@@ -63,7 +64,7 @@ class FlatSAE(SAE):
         x_hat = self.decode(codes)
         mse = (x_hat - x).pow(2).sum(-1).mean()
         scale = (knobs or {}).get("sparsity_scale", 1.0)
-        sparsity = (codes * self.W_dec.norm(dim=-1)).sum(-1).mean()
+        sparsity = (codes @ self.W_dec.norm(dim=-1)).mean()  # a matvec: no [batch, width] product
         return SAEOutput(x_hat, codes, {"mse": mse, "l1": scale * self.cfg.l1_coefficient * sparsity})
 
     def decoder_directions(self) -> Tensor:

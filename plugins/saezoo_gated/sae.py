@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saezoo import SAEOutput
-from saezoo.sae import UnitNormDictionarySAE
+from saezoo.sae import UnitNormDictionarySAE, pre_activations
 
 
 @dataclass
@@ -61,7 +61,7 @@ class GatedSAE(UnitNormDictionarySAE):
 
     def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(pi_gate, codes)."""
-        projected = (x - self.b_dec) @ self.W_enc
+        projected = pre_activations(x, self.W_enc, None, self.b_dec)
         pi_gate = projected + self.b_gate
         magnitude = F.relu(projected * self.r_mag.exp() + self.b_mag)
         return pi_gate, (pi_gate > 0) * magnitude

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from saezoo import SAEOutput
-from saezoo.sae import UnitNormDictionarySAE
+from saezoo.sae import UnitNormDictionarySAE, pre_activations
 
 
 @dataclass
@@ -109,7 +109,7 @@ class JumpReLUSAE(UnitNormDictionarySAE):
                 raise ValueError(f"{name} must be > 0, got {getattr(cfg, name)}")
 
     def pre_activations(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return pre_activations(x, self.W_enc, self.b_enc, self.b_dec)
 
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_activations(x)

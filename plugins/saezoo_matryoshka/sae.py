@@ -61,7 +61,7 @@ class MatryoshkaSAE(BatchTopKSAE):
         losses = {
             "mse": errors[-1],
             "prefix_mse": sum(errors[:-1], x.new_zeros(())),
-            "auxk": self.auxk_loss(x - x_hat, pre, dead_mask),
+            "auxk": self.auxk_loss(x - x_hat, lambda dead: pre[:, dead], dead_mask),
         }
         return SAEOutput(x_hat, codes, losses)
 

@@ -8,11 +8,14 @@ loss is the reconstruction error plus AuxK, which revives dead latents by asking
 explain what the live ones leave over.
 
 Decoding is sparse: only the selected decoder rows are gathered (``embedding_bag`` with
-per-sample weights), in the forward pass and the backward pass alike.
+per-sample weights), in the forward pass and the backward pass alike. TopK goes further:
+its encoder, selection and decoder are one autograd node whose backward never builds a
+dense ``[batch, width]`` gradient (``fused.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -21,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saezoo import SAEOutput
-from saezoo.sae import UnitNormDictionarySAE
+from saezoo.sae import UnitNormDictionarySAE, encoder_inputs, pre_activations
+from saezoo_topk.fused import topk_autoencode
 
 
 @dataclass
@@ -35,7 +39,8 @@ class TopKConfig:
     aux_coefficient: float = 1 / 32
     """Weight of the AuxK loss (Gao et al. 2024)."""
     sparse_decode: bool = True
-    """Decode by gathering the k selected decoder rows instead of a dense matmul over all latents."""
+    """Decode by gathering the k selected decoder rows instead of a dense matmul over all
+    latents (for TopK: the fused node of ``fused.py``, whose backward is sparse too)."""
 
 
 class ActiveLatents(NamedTuple):
@@ -95,12 +100,11 @@ class TopKFamilySAE(UnitNormDictionarySAE):
         raise NotImplementedError
 
     def pre_activations(self, x: Tensor) -> Tensor:
-        """(x - b_dec) @ W_enc + b_enc, written so that b_dec's gradient through the encoder
-        is a vector product, (sum over tokens of grad_pre) @ W_enc.T: autograd on the plain
-        formula computes grad_pre @ W_enc.T for every token, a product as costly as the
-        encoder itself. ``zero_with_grad`` is exactly zero, so the values are unchanged."""
-        zero_with_grad = self.b_dec - self.b_dec.detach()
-        return (x - self.b_dec.detach()) @ self.W_enc + (self.b_enc - zero_with_grad @ self.W_enc)
+        return pre_activations(x, self.W_enc, self.b_enc, self.b_dec)
+
+    def dead_pre_activations(self, x: Tensor, dead: Tensor) -> Tensor:
+        """The pre-activations of the latents ``dead`` only: ``[batch, len(dead)]``."""
+        return (x - self.b_dec) @ self.W_enc[:, dead] + self.b_enc[dead]
 
     def k_for(self, knobs: dict[str, float] | None) -> int:
         k = int(round((knobs or {}).get("k", self.cfg.k)))
@@ -123,19 +127,20 @@ class TopKFamilySAE(UnitNormDictionarySAE):
         pre = self.pre_activations(x)
         codes, active = self.select(pre, self.k_for(knobs))
         x_hat = self.decode_selected(codes, active)
-        losses = {"mse": squared_error(x, x_hat), "auxk": self.auxk_loss(x - x_hat, pre, dead_mask)}
+        losses = {"mse": squared_error(x, x_hat), "auxk": self.auxk_loss(x - x_hat, lambda dead: pre[:, dead], dead_mask)}
         return SAEOutput(x_hat, codes, losses)
 
-    def auxk_loss(self, residual: Tensor, pre: Tensor, dead_mask: Tensor | None) -> Tensor:
+    def auxk_loss(self, residual: Tensor, dead_pre: Callable[[Tensor], Tensor], dead_mask: Tensor | None) -> Tensor:
         """Gao et al.'s AuxK: the top ``aux_k`` dead latents of each token reconstruct the
-        residual the live latents left. It is zero when no latent is dead."""
+        residual the live latents left. It is zero when no latent is dead. ``dead_pre(dead)``
+        gives the pre-activations of the latents ``dead``."""
         dead = dead_mask.nonzero().squeeze(-1) if dead_mask is not None else None
         if dead is None or dead.numel() == 0 or self.cfg.aux_coefficient == 0:
-            return pre.new_zeros(())
+            return residual.new_zeros(())
         k_aux = min(self.cfg.aux_k or max(1, self.d_in // 2), dead.numel())
-        values, which = F.relu(pre[:, dead]).topk(k_aux, dim=-1)
-        batch = pre.shape[0]
-        active = ActiveLatents(dead[which].flatten(), values.flatten(), torch.arange(batch, device=pre.device) * k_aux)
+        values, which = F.relu(dead_pre(dead)).topk(k_aux, dim=-1)
+        batch = residual.shape[0]
+        active = ActiveLatents(dead[which].flatten(), values.flatten(), torch.arange(batch, device=residual.device) * k_aux)
         # The residual is a target: AuxK trains the dead latents, not the live ones.
         return self.cfg.aux_coefficient * squared_error(residual.detach(), sparse_decode(active, self.W_dec))
 
@@ -144,6 +149,16 @@ class TopKSAE(TopKFamilySAE):
     """The k largest pre-activations of each token (Gao et al. 2024)."""
 
     Config = TopKConfig
+
+    def forward(self, x: Tensor, knobs: dict[str, float] | None = None, dead_mask: Tensor | None = None) -> SAEOutput:
+        if not self.cfg.sparse_decode:
+            return super().forward(x, knobs, dead_mask)
+        centred, bias = encoder_inputs(x, self.W_enc, self.b_enc, self.b_dec)
+        x_hat, values, latents = topk_autoencode(centred, self.W_enc, bias, self.W_dec, self.k_for(knobs))
+        x_hat = x_hat + self.b_dec
+        codes = values.new_zeros(x.shape[0], self.width).scatter_(-1, latents, values)
+        auxk = self.auxk_loss(x - x_hat, lambda dead: self.dead_pre_activations(x, dead), dead_mask)
+        return SAEOutput(x_hat, codes, {"mse": squared_error(x, x_hat), "auxk": auxk})
 
     def select(self, pre: Tensor, k: int) -> tuple[Tensor, ActiveLatents]:
         values, latents = pre.topk(k, dim=-1, sorted=False)
