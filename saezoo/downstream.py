@@ -6,8 +6,8 @@ runs share the layers below the hook, which run once (see ``_runs``). The zero-a
 does not depend on the SAE: given a ``baseline_key``, its sums are cached, and later
 evaluations on the same contexts run only the clean and the SAE runs. Positions whose
 activation is not a training token (BOS, padding, massive outliers) are left untouched in
-both spliced runs. A position counts when its activation
-was spliced and the token it predicts is real (the next position's mask is true).
+both spliced runs. A position counts when its activation was spliced and the token it
+predicts is real (the next position's mask is true).
 
 * ``ce_clean``, ``ce_sae``, ``ce_zero``: mean next-token cross-entropy (nats).
 * ``ce_recovered`` = (ce_zero − ce_sae) / (ce_zero − ce_clean); ``delta_ce`` = ce_sae − ce_clean.

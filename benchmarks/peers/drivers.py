@@ -78,11 +78,12 @@ def fired_from_topk(indices: Tensor, values: Tensor, width: int) -> Tensor:
 # --- saezoo (system python) ------------------------------------------------------------------
 
 
-def _saezoo(arch: str, s: Settings, sample: Tensor, sae_options: dict[str, Any]) -> Driver:
+def _saezoo(arch: str, s: Settings, sample: Tensor, sae_options: dict[str, Any], autocast: str = "none") -> Driver:
     """saezoo's real ``Trainee.train_step`` (saezoo/train.py), set up as ``train_many``
     does: ``resolve_run`` for the config, ``Trainee.start`` on the first INIT_TOKENS
     tokens (normalisation scale, data-dependent init, step-0 checkpoint, TensorBoard
-    writer; scalars are logged every ``log_every`` = 10 steps as in a real run)."""
+    writer; scalars are logged every ``log_every`` = 10 steps as in a real run).
+    ``autocast="bf16"``: the SAE's forward under ``torch.autocast`` (``train.autocast``)."""
     from saezoo.config import resolve_run
     from saezoo.evaluate import evaluate_sae
     from saezoo.train import Trainee
@@ -101,6 +102,7 @@ def _saezoo(arch: str, s: Settings, sample: Tensor, sae_options: dict[str, Any])
                 "seed": s.seed,
                 "eval_every": 0,
                 "checkpoint_every": 0,
+                "autocast": autocast,
             },
             "sae": {"expansion_factor": s.width // s.d_in, **sae_options},
         },
@@ -134,6 +136,18 @@ def saezoo_flat(s: Settings, sample: Tensor) -> Driver:
 @driver("saezoo topk", "saezoo")
 def saezoo_topk(s: Settings, sample: Tensor) -> Driver:
     return _saezoo("topk", s, sample, {"k": s.k})
+
+
+# Extras, not in the fp32 comparison: bf16 autocast runs the matmuls on the CPU's bf16
+# units where it has them (AMX here); no peer's trainer offers it on CPU.
+@driver("saezoo flat bf16", "saezoo")
+def saezoo_flat_bf16(s: Settings, sample: Tensor) -> Driver:
+    return _saezoo("flat", s, sample, {"l1_coefficient": s.l1}, autocast="bf16")
+
+
+@driver("saezoo topk bf16", "saezoo")
+def saezoo_topk_bf16(s: Settings, sample: Tensor) -> Driver:
+    return _saezoo("topk", s, sample, {"k": s.k}, autocast="bf16")
 
 
 # --- SAELens (peers venv) --------------------------------------------------------------------

@@ -38,8 +38,11 @@ PEERS = {
     "sparsify topk": "venv",
     "dictionary_learning standard": "venv",
     "dictionary_learning topk": "venv",
+    "saezoo flat bf16": "saezoo",
+    "saezoo topk bf16": "saezoo",
 }
-DEFAULT = [n for n in PEERS if n != "dictionary_learning topk"]
+EXTRAS = ("dictionary_learning topk", "saezoo flat bf16", "saezoo topk bf16")
+DEFAULT = [n for n in PEERS if n not in EXTRAS]
 
 
 
@@ -117,7 +120,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="saezoo vs SAELens, sparsify and dictionary_learning: train-step throughput, memory, quality.")
     p.add_argument("--only", nargs="+", choices=list(PEERS), help="libraries to run (default: all but dictionary_learning topk)")
-    p.add_argument("--all", action="store_true", help="also run the extras (dictionary_learning topk)")
+    p.add_argument("--all", action="store_true", help="also run the extras (dictionary_learning topk; saezoo with bf16 autocast)")
     p.add_argument("--steps", type=int, default=200, help="timed steps")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=1, help="repeat every library this many times, interleaved; throughput is the median")
