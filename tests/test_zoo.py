@@ -232,6 +232,38 @@ def test_jumprelu_threshold_gradients_come_from_the_kernel_window():
     assert out.codes[0, 0] == pre[0, 0] and (out.codes[0, 1:] == 0).all()
 
 
+def test_jumprelu_estimators_match_their_formulas():
+    """The fused node's gradients: d codes/d pre = H(pre - theta), d codes/d theta =
+    -(theta/eps) K, d L0/d theta = -(1/eps) K, K the rectangle of width eps at theta."""
+    from saezoo_jumprelu.sae import _JumpReLUWithL0
+
+    gen = torch.Generator().manual_seed(5)
+    eps = 0.5
+    threshold = (torch.rand(12, generator=gen, dtype=torch.float64) + 0.5).requires_grad_()
+    pre = (torch.randn(40, 12, generator=gen, dtype=torch.float64) + 1).requires_grad_()
+    g_codes = torch.randn(40, 12, generator=gen, dtype=torch.float64)
+    g_l0 = torch.randn(40, generator=gen, dtype=torch.float64)
+    codes, l0 = _JumpReLUWithL0.apply(pre, threshold, eps)
+    ((codes * g_codes).sum() + (l0 * g_l0).sum()).backward()
+    fires = (pre > threshold).double()
+    window = ((pre - threshold).abs() < eps / 2).double()
+    torch.testing.assert_close(codes, pre * fires)
+    torch.testing.assert_close(l0, fires.sum(-1))
+    torch.testing.assert_close(pre.grad, g_codes * fires)
+    expected = -(threshold / eps * (window * g_codes).sum(0) + (g_l0[:, None] * window).sum(0) / eps)
+    torch.testing.assert_close(threshold.grad, expected.detach())
+    assert 0 < window.sum() < window.numel()  # the window is neither empty nor everything
+
+
+def test_jumprelu_counts_l0_exactly_under_bf16_autocast():
+    sae = make(JumpReLUSAE, d_in=64, expansion_factor=8, init_threshold=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(inputs(8, d_in=64))
+    assert out.losses["l0"].dtype == torch.float32
+    sum(out.losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in sae.parameters())
+
+
 def test_gated_aux_loss_leaves_the_decoder_frozen():
     sae = make(GatedSAE)
     sae(inputs()).losses["aux"].backward()
