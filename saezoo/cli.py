@@ -190,13 +190,12 @@ def eval_(
     if x.shape[-1] != sae.d_in:
         raise UsageError(f"{run_dir}: the SAE reads {sae.d_in}-dimensional activations, the data source gives {x.shape[-1]}")
     n_downstream = run.train.downstream_tokens if downstream_tokens is None else downstream_tokens
-    density: list = []
-    metrics = full_evaluation(sae, src, x, run.train.batch_size, dev, downstream_tokens=n_downstream, density_out=density)
+    metrics, density = full_evaluation(sae, src, x, run.train.batch_size, dev, downstream_tokens=n_downstream)
     if not saelens:  # a SAELens directory is left as it is
         from saezoo import plots
 
         checkpoint.write_json(Path(run_dir) / checkpoint.METRICS_FILE, metrics)
-        plots.density_report(density[0], Path(run_dir))
+        plots.density_report(density, Path(run_dir))
     if as_json:
         typer.echo(json.dumps(metrics, sort_keys=True))
     else:

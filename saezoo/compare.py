@@ -187,13 +187,10 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> di
     for v in variants:
         sae = saes[v.label]
         groups = None if len(sae.latent_groups()) > 1 else sizes
-        density: list[torch.Tensor] = []
-        metrics = full_evaluation(
+        results[v.label], densities[v.label] = full_evaluation(
             sae, source, eval_x, base.train.batch_size, device, group_sizes=groups,
-            downstream_tokens=base.train.downstream_tokens, density_out=density,
+            downstream_tokens=base.train.downstream_tokens,
         )
-        results[v.label] = metrics
-        densities[v.label] = density[0]
     report = {
         "saezoo_version": saezoo.__version__,
         "torch_version": torch.__version__,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from saezoo.activations.cache import cache_root, key_hash
+from saezoo.checkpoint import write_json
 from saezoo.sae import SAE
 
 
@@ -131,7 +131,8 @@ def spliced_metrics(
             raise RuntimeError(f"{baseline_file}: cached baseline counts {baseline['positions']} positions, this run {positions}")
         totals["ce_zero"], totals["kl_zero"] = baseline["ce_zero"], baseline["kl_zero"]
     elif baseline_file is not None:
-        _write_baseline(baseline_file, key, {"positions": positions, "ce_zero": totals["ce_zero"], "kl_zero": totals["kl_zero"]})
+        # Atomic (temp file + rename): a killed run leaves no half-written baseline.
+        write_json(baseline_file, {"key": key, "sums": {"positions": positions, "ce_zero": totals["ce_zero"], "kl_zero": totals["kl_zero"]}})
     out = {k: v / max(positions, 1) for k, v in totals.items() if k not in ("cosine", "norm_ratio")}
     out["cosine"] = totals["cosine"] / max(spliced_tokens, 1)
     out["norm_ratio"] = totals["norm_ratio"] / max(spliced_tokens, 1)
@@ -206,11 +207,3 @@ def _read_baseline(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return stored["sums"] if stored.get("key") == key else None
-
-
-def _write_baseline(path: Path, key: dict[str, Any], sums: dict[str, Any]) -> None:
-    """Atomically (temp file + rename), so a killed run leaves no half-written baseline."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps({"key": key, "sums": sums}))
-    os.replace(tmp, path)

@@ -173,14 +173,20 @@ def evaluate_sae(
     batches: Iterable[Tensor],
     ground_truth: GroundTruth | None = None,
     device: torch.device | str = "cpu",
-    density_out: list[Tensor] | None = None,
 ) -> dict[str, float]:
     """Reconstruction, sparsity, per-tier and (if known) ground-truth metrics.
 
     Marginal explained variance of a tier: the drop in explained variance when that
-    tier's codes are zeroed before decoding. ``density_out``, when given, receives each
-    latent's firing frequency (saves a pass over the data for the composition coverage).
+    tier's codes are zeroed before decoding.
     """
+    return _evaluate(sae, batches, ground_truth, device)[0]
+
+
+@torch.no_grad()
+def _evaluate(
+    sae: SAE, batches: Iterable[Tensor], ground_truth: GroundTruth | None, device: torch.device | str
+) -> tuple[dict[str, float], Tensor]:
+    """:func:`evaluate_sae`'s metrics and each latent's firing frequency."""
     was_training = sae.training
     sae.eval()
     groups = group_slices(sae)
@@ -200,8 +206,6 @@ def evaluate_sae(
             masked[:, sl] = 0
             without[name].add(x, sae.decode(masked))
     sae.train(was_training)
-    if density_out is not None:
-        density_out.append(sparsity.density())
     metrics = {**recon.result(), **sparsity.result(), **extra.result()}
     for name, stats in without.items():
         metrics[f"marginal_ev/{name}"] = metrics["explained_variance"] - stats.result()["explained_variance"]
@@ -209,7 +213,7 @@ def evaluate_sae(
         mmc, recovered = mean_max_cosine(ground_truth.directions, sae.decoder_directions())
         metrics["mean_max_cosine"] = mmc
         metrics["recovered_fraction"] = recovered
-    return metrics
+    return metrics, sparsity.density()
 
 
 def split_batches(x: Tensor, batch_size: int) -> list[Tensor]:
@@ -228,19 +232,17 @@ def full_evaluation(
     device: torch.device | str = "cpu",
     group_sizes: list[int] | None = None,
     downstream_tokens: int = 0,
-    density_out: list[Tensor] | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], Tensor]:
     """Every metric that applies to ``sae`` (which takes raw activations) on held-out ``x``
     from ``source``: reconstruction, sparsity, tiers, composition coverage, ground truth
-    (synthetic) and spliced CE/KL on ``downstream_tokens`` tokens (model sources).
-    ``density_out``, when given, receives each latent's firing frequency on ``x``."""
+    (synthetic) and spliced CE/KL on ``downstream_tokens`` tokens (model sources); and each
+    latent's firing frequency on ``x`` (for the density plot)."""
     from saezoo.hierarchy import composition_coverage, ground_truth_hierarchy
 
     sae = sae.to(device).eval()
     batches = lambda: x.split(batch_size)  # noqa: E731
-    density: list[Tensor] = [] if density_out is None else density_out
-    metrics = evaluate_sae(sae, batches(), source.ground_truth, device, density_out=density)
-    metrics.update(composition_coverage(sae, batches, group_sizes, device=device, density=density[-1]))
+    metrics, density = _evaluate(sae, batches(), source.ground_truth, device)
+    metrics.update(composition_coverage(sae, batches, group_sizes, device=device, density=density))
     if source.ground_truth is not None and hasattr(source, "eval_features"):
         codes = torch.cat([sae.encode(b.to(device)).cpu() for b in batches()])
         truth_coeffs = source.eval_features(x.shape[0])
@@ -255,4 +257,4 @@ def full_evaluation(
                 baseline_key=source.baseline_key(), cache_dir=source.cache_dir,
             )
         )
-    return metrics
+    return metrics, density

@@ -273,11 +273,9 @@ class Trainee:
     def evaluate(self, eval_x: Tensor, source: ActivationSource, final: bool = False) -> dict[str, float]:
         """Held-out metrics; the final evaluation adds every metric and writes metrics.json."""
         sae = self.inference_copy()
-        density: list[Tensor] = []
         if final:
-            metrics = full_evaluation(
-                sae, source, eval_x, self.cfg.batch_size, self.device, downstream_tokens=self.cfg.downstream_tokens,
-                density_out=density,
+            metrics, density = full_evaluation(
+                sae, source, eval_x, self.cfg.batch_size, self.device, downstream_tokens=self.cfg.downstream_tokens
             )
         else:
             metrics = evaluate_sae(sae, eval_x.split(self.cfg.batch_size), source.ground_truth, self.device)
@@ -291,7 +289,7 @@ class Trainee:
             from saezoo import plots
 
             ckpt.write_json(self.out_dir / ckpt.METRICS_FILE, metrics)
-            plots.density_report(density[0], self.out_dir, self.writer, self.step)
+            plots.density_report(density, self.out_dir, self.writer, self.step)
         return metrics
 
     def save_checkpoint(self) -> None:

@@ -256,10 +256,18 @@ def test_jumprelu_estimators_match_their_formulas():
 
 
 def test_jumprelu_counts_l0_exactly_under_bf16_autocast():
-    sae = make(JumpReLUSAE, d_in=64, expansion_factor=8, init_threshold=1e-6)
+    """Under autocast the pre-activations are bf16, which cannot hold odd counts above 256;
+    each token's L0 must still be its exact count."""
+    from saezoo_jumprelu.sae import _JumpReLUWithL0
+
+    pre = torch.randn(8, 1024, generator=torch.Generator().manual_seed(2)).bfloat16()
+    codes, l0 = _JumpReLUWithL0.apply(pre, torch.zeros(1024), 0.1)
+    counts = (pre > 0).sum(-1)
+    assert (counts > 256).all() and (counts % 2 == 1).any()
+    assert l0.dtype == torch.float32 and torch.equal(l0, counts.float())
+    sae = make(JumpReLUSAE, d_in=128, expansion_factor=8, init_threshold=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = sae(inputs(8, d_in=64))
-    assert out.losses["l0"].dtype == torch.float32
+        out = sae(inputs(8, d_in=128))
     sum(out.losses.values()).backward()
     assert all(torch.isfinite(p.grad).all() for p in sae.parameters())
 

@@ -102,10 +102,6 @@ class TopKFamilySAE(UnitNormDictionarySAE):
     def pre_activations(self, x: Tensor) -> Tensor:
         return pre_activations(x, self.W_enc, self.b_enc, self.b_dec)
 
-    def dead_pre_activations(self, x: Tensor, dead: Tensor) -> Tensor:
-        """The pre-activations of the latents ``dead`` only: ``[batch, len(dead)]``."""
-        return (x - self.b_dec) @ self.W_enc[:, dead] + self.b_enc[dead]
-
     def k_for(self, knobs: dict[str, float] | None) -> int:
         k = int(round((knobs or {}).get("k", self.cfg.k)))
         check_k(k, self.width, "k (knob)")
@@ -124,21 +120,26 @@ class TopKFamilySAE(UnitNormDictionarySAE):
         return self.decode(codes)
 
     def forward(self, x: Tensor, knobs: dict[str, float] | None = None, dead_mask: Tensor | None = None) -> SAEOutput:
-        pre = self.pre_activations(x)
-        codes, active = self.select(pre, self.k_for(knobs))
-        x_hat = self.decode_selected(codes, active)
-        losses = {"mse": squared_error(x, x_hat), "auxk": self.auxk_loss(x - x_hat, lambda dead: pre[:, dead], dead_mask)}
+        x_hat, codes, pre_of = self.reconstruct(x, self.k_for(knobs))
+        losses = {"mse": squared_error(x, x_hat), "auxk": self.auxk_loss(x - x_hat, pre_of, dead_mask)}
         return SAEOutput(x_hat, codes, losses)
 
-    def auxk_loss(self, residual: Tensor, dead_pre: Callable[[Tensor], Tensor], dead_mask: Tensor | None) -> Tensor:
+    def reconstruct(self, x: Tensor, k: int) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
+        """x_hat, the dense codes, and ``pre_of(latents)``: those latents' pre-activations
+        ``[batch, len(latents)]`` (what AuxK reads of the dead ones)."""
+        pre = self.pre_activations(x)
+        codes, active = self.select(pre, k)
+        return self.decode_selected(codes, active), codes, lambda latents: pre[:, latents]
+
+    def auxk_loss(self, residual: Tensor, pre_of: Callable[[Tensor], Tensor], dead_mask: Tensor | None) -> Tensor:
         """Gao et al.'s AuxK: the top ``aux_k`` dead latents of each token reconstruct the
-        residual the live latents left. It is zero when no latent is dead. ``dead_pre(dead)``
+        residual the live latents left. It is zero when no latent is dead. ``pre_of(dead)``
         gives the pre-activations of the latents ``dead``."""
         dead = dead_mask.nonzero().squeeze(-1) if dead_mask is not None else None
         if dead is None or dead.numel() == 0 or self.cfg.aux_coefficient == 0:
             return residual.new_zeros(())
         k_aux = min(self.cfg.aux_k or max(1, self.d_in // 2), dead.numel())
-        values, which = F.relu(dead_pre(dead)).topk(k_aux, dim=-1)
+        values, which = F.relu(pre_of(dead)).topk(k_aux, dim=-1)
         batch = residual.shape[0]
         active = ActiveLatents(dead[which].flatten(), values.flatten(), torch.arange(batch, device=residual.device) * k_aux)
         # The residual is a target: AuxK trains the dead latents, not the live ones.
@@ -150,15 +151,15 @@ class TopKSAE(TopKFamilySAE):
 
     Config = TopKConfig
 
-    def forward(self, x: Tensor, knobs: dict[str, float] | None = None, dead_mask: Tensor | None = None) -> SAEOutput:
+    def reconstruct(self, x: Tensor, k: int) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
         if not self.cfg.sparse_decode:
-            return super().forward(x, knobs, dead_mask)
+            return super().reconstruct(x, k)
+        # The fused node (fused.py) never exposes the dense pre-activations; AuxK recomputes
+        # those of the dead latents only.
         centred, bias = encoder_inputs(x, self.W_enc, self.b_enc, self.b_dec)
-        x_hat, values, latents = topk_autoencode(centred, self.W_enc, bias, self.W_dec, self.k_for(knobs))
-        x_hat = x_hat + self.b_dec
+        x_hat, values, latents = topk_autoencode(centred, self.W_enc, bias, self.W_dec, k)
         codes = values.new_zeros(x.shape[0], self.width).scatter_(-1, latents, values)
-        auxk = self.auxk_loss(x - x_hat, lambda dead: self.dead_pre_activations(x, dead), dead_mask)
-        return SAEOutput(x_hat, codes, {"mse": squared_error(x, x_hat), "auxk": auxk})
+        return x_hat + self.b_dec, codes, lambda dead: pre_activations(x, self.W_enc[:, dead], self.b_enc[dead], self.b_dec)
 
     def select(self, pre: Tensor, k: int) -> tuple[Tensor, ActiveLatents]:
         values, latents = pre.topk(k, dim=-1, sorted=False)
