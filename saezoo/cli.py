@@ -52,8 +52,10 @@ def main_callback(
     plugins_dir: Annotated[Optional[Path], typer.Option("--plugins-dir", help="Also load every *.py plugin file in this directory.")] = None,
 ) -> None:
     from saezoo import plugins
+    from saezoo.host_memory import keep_freed_memory
 
     plugins.set_plugins_dir(plugins_dir)
+    keep_freed_memory()  # before the first large tensor; see saezoo/host_memory.py
 
 
 def _options(source, model, hook, dataset, context_length, steps, batch_size, seed, device) -> dict:

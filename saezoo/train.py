@@ -31,6 +31,7 @@ from saezoo.config import RunConfig
 from saezoo.curriculum import Curriculum, check_compatible
 from saezoo.errors import SaezooError, TrainingDiverged, UsageError
 from saezoo.evaluate import evaluate_sae, full_evaluation
+from saezoo.host_memory import keep_freed_memory
 from saezoo.sae import SAE, group_slices
 
 # Tokens used to estimate the normalisation scale and initialise data-dependent weights.
@@ -80,6 +81,7 @@ class Trainee:
     def __init__(self, run: RunConfig, d_in: int, out_dir: Path, source_key: dict[str, Any], device: torch.device):
         from saezoo.plugins import get_plugins
 
+        keep_freed_memory()  # the step's [batch, width] temporaries reuse freed memory
         plugins = get_plugins()
         self.run = run
         self.cfg = run.train

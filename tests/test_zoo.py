@@ -85,30 +85,62 @@ def test_sparse_decoding_equals_dense_in_values_and_gradients(cls):
     torch.testing.assert_close(sparse_grads, dense_grads)
 
 
-def test_fused_topk_gradients_equal_autograd_on_the_dense_formula():
+@pytest.mark.parametrize("selection", ["token", "batch"])
+def test_fused_topk_gradients_equal_autograd_on_the_dense_formula(selection):
     """Every input of the fused node (the input too, which training never needs) gets the
-    gradient autograd gives the plain formula; ties and zeroed values included."""
-    from saezoo_topk.fused import topk_autoencode
+    gradient autograd gives the plain formula; ties and zeroed values included, and for the
+    batch selection tokens with no selected latent at all."""
+    from saezoo_topk.fused import sparse_autoencode, token_topk
+    from saezoo_topk.sae import BatchTopKConfig, BatchTopKSAE, largest_entries
 
     gen = torch.Generator().manual_seed(3)
     x, W_enc, b_enc, W_dec = (torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((32, 8), (8, 24), (24,), (24, 8)))
+    b_enc *= 0.1
     b_enc[::4] = -5.0  # some selected pre-activations are negative: ReLU'd to 0
+    x[:3] *= 0.01  # pre-activations near b_enc: no entry among the batch's largest
     grad = torch.randn(32, 8, generator=gen, dtype=torch.float64)
+    # In eval mode and before any running threshold, BatchTopK selects over the batch.
+    batch_topk = BatchTopKSAE(8, BatchTopKConfig(expansion_factor=3, k=5)).eval()
+    select = token_topk(5) if selection == "token" else batch_topk.selection(5)
     results = []
     for fused in (True, False):
         leaves = [t.clone().requires_grad_() for t in (x, W_enc, b_enc, W_dec)]
         xl, We, be, Wd = leaves
         if fused:
-            x_hat = topk_autoencode(xl, We, be, Wd, 5)[0]
+            x_hat, _, _, offsets = sparse_autoencode(xl, We, be, Wd, select)
         else:
             pre = xl @ We + be
-            values, latents = pre.topk(5, dim=-1)
-            x_hat = torch.zeros_like(pre).scatter(-1, latents, values.relu()) @ Wd
+            if selection == "token":
+                values, latents = pre.topk(5, dim=-1)
+                codes = torch.zeros_like(pre).scatter(-1, latents, values.relu())
+            else:
+                values, flat = largest_entries(pre, 32 * 5)
+                codes = torch.zeros_like(pre).flatten().scatter(0, flat, values).view_as(pre)
+            x_hat = codes @ Wd
         x_hat.backward(grad)
         results.append((x_hat.detach(), [t.grad for t in leaves]))
+    if selection == "batch":  # some token got no latent
+        assert (torch.diff(offsets, append=offsets.new_full((1,), 160)) == 0).any()
     torch.testing.assert_close(results[0][0], results[1][0])
     for fused_grad, dense_grad in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(fused_grad, dense_grad)
+
+
+def test_batch_selection_equals_topk_over_the_whole_batch():
+    """The candidate bound never changes the result, including when the sample misleads
+    it (a batch whose sampled tokens are far more active than the rest) and when fewer
+    than n entries are positive."""
+    from saezoo_topk.sae import largest_entries
+
+    gen = torch.Generator().manual_seed(0)
+    skewed = torch.randn(256, 512, generator=gen)
+    skewed[::16] += 3.0  # exactly the tokens the bound samples
+    for pre in (torch.randn(256, 512, generator=gen), skewed, torch.randn(256, 512, generator=gen) - 4):
+        for n in (256 * 4, 256 * 32):
+            values, flat = largest_entries(pre, n)
+            expected_values, expected_flat = torch.relu(pre).flatten().topk(n)
+            torch.testing.assert_close(values.sort().values, expected_values.sort().values)
+            assert torch.equal(pre.flatten()[flat].relu(), values)
 
 
 def test_fused_topk_runs_under_bf16_autocast():
@@ -270,6 +302,43 @@ def test_jumprelu_counts_l0_exactly_under_bf16_autocast():
         out = sae(inputs(8, d_in=128))
     sum(out.losses.values()).backward()
     assert all(torch.isfinite(p.grad).all() for p in sae.parameters())
+
+
+def test_fused_gated_gradients_equal_autograd_on_the_plain_formulas():
+    """Both outputs and every input's gradient (the input's too, which training never
+    needs) equal autograd on the formulas of the paper, closed gates and ReLU'd magnitudes
+    included."""
+    from saezoo_gated.fused import gated_encode
+
+    gen = torch.Generator().manual_seed(5)
+    shapes = ((3, 16, 8), (8, 24), (8,), (24,), (24,), (24,))
+    tensors = [torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in shapes]
+    tensors[5][::3] = -2.0  # some open gates with a negative magnitude
+    grads = [torch.randn(3, 16, 24, generator=gen, dtype=torch.float64) for _ in range(2)]
+    results = []
+    for fused in (True, False):
+        leaves = [t.clone().requires_grad_() for t in tensors]
+        x, W_enc, b_dec, b_gate, r_mag, b_mag = leaves
+        if fused:
+            codes, gate = gated_encode(*leaves)
+        else:
+            projected = (x - b_dec) @ W_enc
+            pi_gate = projected + b_gate
+            codes = (pi_gate > 0) * torch.relu(projected * r_mag.exp() + b_mag)
+            gate = torch.relu(pi_gate)
+        torch.autograd.backward((codes, gate), grads)
+        results.append(([codes.detach(), gate.detach()], [t.grad for t in leaves]))
+    assert 0 < (results[0][0][0] > 0).float().mean() < (results[0][0][1] > 0).float().mean() < 1
+    for fused_value, plain_value in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        torch.testing.assert_close(fused_value, plain_value)
+
+
+def test_fused_gated_runs_under_bf16_autocast():
+    sae = make(GatedSAE)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(inputs())
+    sum(out.losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in sae.parameters())
 
 
 def test_gated_aux_loss_leaves_the_decoder_frozen():

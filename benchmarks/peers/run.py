@@ -29,6 +29,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from common import SYNTHETIC, machine, markdown_table  # noqa: E402
 
+# A peer run with glibc told what saezoo tells it in-process (saezoo/host_memory.py): serve
+# large blocks from the heap and keep freed memory. How much of saezoo's lead is that alone.
+HEAP = " (glibc heap)"
+HEAP_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
 # name -> which interpreter runs it
 PEERS = {
     "saezoo flat": "saezoo",
@@ -40,8 +45,11 @@ PEERS = {
     "dictionary_learning topk": "venv",
     "saezoo flat bf16": "saezoo",
     "saezoo topk bf16": "saezoo",
+    "dictionary_learning standard" + HEAP: "venv",
+    "sparsify topk" + HEAP: "venv",
 }
-EXTRAS = ("dictionary_learning topk", "saezoo flat bf16", "saezoo topk bf16")
+EXTRAS = ("dictionary_learning topk", "saezoo flat bf16", "saezoo topk bf16",
+          "dictionary_learning standard" + HEAP, "sparsify topk" + HEAP)
 DEFAULT = [n for n in PEERS if n not in EXTRAS]
 
 
@@ -90,17 +98,17 @@ def data_matches(path: Path, want: dict[str, str]) -> bool:
 def run_one(name: str, python: str, data: Path, a: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [python, str(HERE / "drivers.py"), name, "--data", str(data), "--json", str(out),
+        cmd = [python, str(HERE / "drivers.py"), name.removesuffix(HEAP), "--data", str(data), "--json", str(out),
                "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads),
                "--width", str(a.width), "--k", str(a.k), "--lr", str(a.lr), "--l1", str(a.l1)]
         env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads),
                    TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled", HF_HUB_OFFLINE="1",
-                   TRANSFORMERS_OFFLINE="1")
+                   TRANSFORMERS_OFFLINE="1", **(HEAP_ENV if name.endswith(HEAP) else {}))
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if out.exists():
-            result = json.loads(out.read_text())
+            result = {**json.loads(out.read_text()), "name": name}
         else:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
             result = {"name": name, "ok": False, "error": f"exit {proc.returncode}: " + " | ".join(tail)}

@@ -64,7 +64,10 @@ class FlatSAE(SAE):
         x_hat = self.decode(codes)
         mse = (x_hat - x).pow(2).sum(-1).mean()
         scale = (knobs or {}).get("sparsity_scale", 1.0)
-        sparsity = (codes @ self.W_dec.norm(dim=-1)).mean()  # a matvec: no [batch, width] product
+        # Column sums first: the backward of a sum is a broadcast view, where a per-token
+        # matvec's backward writes a [batch, width] outer product before adding it.
+        tokens = codes.numel() // self.width
+        sparsity = codes.reshape(tokens, self.width).sum(0) @ self.W_dec.norm(dim=-1) / tokens
         return SAEOutput(x_hat, codes, {"mse": mse, "l1": scale * self.cfg.l1_coefficient * sparsity})
 
     def decoder_directions(self) -> Tensor:

@@ -25,11 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saezoo import SAEOutput
-from saezoo.sae import UnitNormDictionarySAE, pre_activations
+from saezoo.sae import UnitNormDictionarySAE
+from saezoo_gated.fused import gated_encode
 
 
 @dataclass
@@ -60,22 +60,18 @@ class GatedSAE(UnitNormDictionarySAE):
             raise ValueError(f"l1_coefficient must be >= 0, got {self.cfg.l1_coefficient}")
 
     def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(pi_gate, codes)."""
-        projected = pre_activations(x, self.W_enc, None, self.b_dec)
-        pi_gate = projected + self.b_gate
-        magnitude = F.relu(projected * self.r_mag.exp() + self.b_mag)
-        return pi_gate, (pi_gate > 0) * magnitude
+        """(codes, ReLU(pi_gate)), from one fused node (see fused.py)."""
+        return gated_encode(x, self.W_enc, self.b_dec, self.b_gate, self.r_mag, self.b_mag)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self._paths(x)[1]
+        return self._paths(x)[0]
 
     def decode(self, codes: Tensor) -> Tensor:
         return codes @ self.W_dec + self.b_dec
 
     def forward(self, x: Tensor, knobs: dict[str, float] | None = None, dead_mask: Tensor | None = None) -> SAEOutput:
-        pi_gate, codes = self._paths(x)
+        codes, gate_activity = self._paths(x)
         x_hat = self.decode(codes)
-        gate_activity = F.relu(pi_gate)
         scale = (knobs or {}).get("sparsity_scale", 1.0)
         l1 = gate_activity.sum(-1).mean()
         x_hat_gate = gate_activity @ self.W_dec.detach() + self.b_dec.detach()

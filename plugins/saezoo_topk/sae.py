@@ -8,9 +8,9 @@ loss is the reconstruction error plus AuxK, which revives dead latents by asking
 explain what the live ones leave over.
 
 Decoding is sparse: only the selected decoder rows are gathered (``embedding_bag`` with
-per-sample weights), in the forward pass and the backward pass alike. TopK goes further:
-its encoder, selection and decoder are one autograd node whose backward never builds a
-dense ``[batch, width]`` gradient (``fused.py``).
+per-sample weights). In training, the encoder, the selection and the decoder are one
+autograd node whose backward never builds a dense ``[batch, width]`` gradient
+(``fused.py``); Matryoshka, which decodes every prefix, uses the parts separately.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from saezoo import SAEOutput
 from saezoo.sae import UnitNormDictionarySAE, encoder_inputs, pre_activations
-from saezoo_topk.fused import topk_autoencode
+from saezoo_topk.fused import Selection, sparse_autoencode, token_topk
 
 
 @dataclass
@@ -40,7 +40,7 @@ class TopKConfig:
     """Weight of the AuxK loss (Gao et al. 2024)."""
     sparse_decode: bool = True
     """Decode by gathering the k selected decoder rows instead of a dense matmul over all
-    latents (for TopK: the fused node of ``fused.py``, whose backward is sparse too)."""
+    latents (in training: the fused node of ``fused.py``, whose backward is sparse too)."""
 
 
 class ActiveLatents(NamedTuple):
@@ -76,7 +76,7 @@ def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
 
 class TopKFamilySAE(UnitNormDictionarySAE):
     """What TopK, BatchTopK and Matryoshka share: parameters, a unit-norm decoder, sparse
-    decoding and AuxK. Subclasses define :meth:`select`."""
+    decoding and AuxK. Subclasses define :meth:`selection`."""
 
     knobs = frozenset({"k"})
 
@@ -95,9 +95,14 @@ class TopKFamilySAE(UnitNormDictionarySAE):
             raise ValueError(f"aux_coefficient must be >= 0, got {cfg.aux_coefficient}")
 
     # --- selection -------------------------------------------------------------------
+    def selection(self, k: int) -> Selection:
+        """The function from pre-activations to the kept entries (see ``fused.Selection``)."""
+        raise NotImplementedError
+
     def select(self, pre: Tensor, k: int) -> tuple[Tensor, ActiveLatents]:
         """Dense codes ``[batch, width]`` and the same codes as :class:`ActiveLatents`."""
-        raise NotImplementedError
+        active = ActiveLatents(*self.selection(k)(pre))
+        return dense_codes(active, pre.shape[0], self.width), active
 
     def pre_activations(self, x: Tensor) -> Tensor:
         return pre_activations(x, self.W_enc, self.b_enc, self.b_dec)
@@ -114,11 +119,6 @@ class TopKFamilySAE(UnitNormDictionarySAE):
     def decode(self, codes: Tensor) -> Tensor:
         return codes @ self.W_dec + self.b_dec
 
-    def decode_selected(self, codes: Tensor, active: ActiveLatents) -> Tensor:
-        if self.cfg.sparse_decode:
-            return sparse_decode(active, self.W_dec) + self.b_dec
-        return self.decode(codes)
-
     def forward(self, x: Tensor, knobs: dict[str, float] | None = None, dead_mask: Tensor | None = None) -> SAEOutput:
         x_hat, codes, pre_of = self.reconstruct(x, self.k_for(knobs))
         losses = {"mse": squared_error(x, x_hat), "auxk": self.auxk_loss(x - x_hat, pre_of, dead_mask)}
@@ -127,9 +127,17 @@ class TopKFamilySAE(UnitNormDictionarySAE):
     def reconstruct(self, x: Tensor, k: int) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
         """x_hat, the dense codes, and ``pre_of(latents)``: those latents' pre-activations
         ``[batch, len(latents)]`` (what AuxK reads of the dead ones)."""
+        if self.cfg.sparse_decode:
+            # The fused node never exposes the dense pre-activations; AuxK recomputes those
+            # of the dead latents only.
+            centred, bias = encoder_inputs(x, self.W_enc, self.b_enc, self.b_dec)
+            x_hat, *active = sparse_autoencode(centred, self.W_enc, bias, self.W_dec, self.selection(k))
+            codes = dense_codes(ActiveLatents(*active), x.shape[0], self.width)
+            pre_of = lambda dead: pre_activations(x, self.W_enc[:, dead], self.b_enc[dead], self.b_dec)  # noqa: E731
+            return x_hat + self.b_dec, codes, pre_of
         pre = self.pre_activations(x)
         codes, active = self.select(pre, k)
-        return self.decode_selected(codes, active), codes, lambda latents: pre[:, latents]
+        return self.decode(codes), codes, lambda latents: pre[:, latents]
 
     def auxk_loss(self, residual: Tensor, pre_of: Callable[[Tensor], Tensor], dead_mask: Tensor | None) -> Tensor:
         """Gao et al.'s AuxK: the top ``aux_k`` dead latents of each token reconstruct the
@@ -151,22 +159,8 @@ class TopKSAE(TopKFamilySAE):
 
     Config = TopKConfig
 
-    def reconstruct(self, x: Tensor, k: int) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
-        if not self.cfg.sparse_decode:
-            return super().reconstruct(x, k)
-        # The fused node (fused.py) never exposes the dense pre-activations; AuxK recomputes
-        # those of the dead latents only.
-        centred, bias = encoder_inputs(x, self.W_enc, self.b_enc, self.b_dec)
-        x_hat, values, latents = topk_autoencode(centred, self.W_enc, bias, self.W_dec, k)
-        codes = values.new_zeros(x.shape[0], self.width).scatter_(-1, latents, values)
-        return x_hat + self.b_dec, codes, lambda dead: pre_activations(x, self.W_enc[:, dead], self.b_enc[dead], self.b_dec)
-
-    def select(self, pre: Tensor, k: int) -> tuple[Tensor, ActiveLatents]:
-        values, latents = pre.topk(k, dim=-1, sorted=False)
-        values = F.relu(values)
-        codes = torch.zeros_like(pre).scatter_(-1, latents, values)
-        offsets = torch.arange(pre.shape[0], device=pre.device) * k
-        return codes, ActiveLatents(latents.flatten(), values.flatten(), offsets)
+    def selection(self, k: int) -> Selection:
+        return token_topk(k)
 
 
 @dataclass
@@ -196,25 +190,23 @@ class BatchTopKSAE(TopKFamilySAE):
         if not 0 <= self.cfg.threshold_beta < 1:
             raise ValueError(f"threshold_beta must be in [0, 1), got {self.cfg.threshold_beta}")
 
-    def select(self, pre: Tensor, k: int) -> tuple[Tensor, ActiveLatents]:
+    def selection(self, k: int) -> Selection:
         # Until a threshold has been estimated, eval mode falls back to the batch selection.
         if not self.training and self.threshold_updates > 0:
-            return self._select_above_threshold(pre)
-        return self._select_batch(pre, k)
+            return self._select_above_threshold
+        return lambda pre: self._select_batch(pre, k)
 
-    def _select_batch(self, pre: Tensor, k: int) -> tuple[Tensor, ActiveLatents]:
+    def _select_batch(self, pre: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         batch, width = pre.shape
-        values, flat = F.relu(pre).flatten().topk(batch * k, sorted=False)
-        codes = pre.new_zeros(batch * width).scatter_(0, flat, values).view(batch, width)
+        values, flat = largest_entries(pre, batch * k)
         if self.training:
             self._update_threshold(values)
         flat, order = flat.sort()
-        return codes, active_by_token(flat // width, flat % width, values[order], batch)
+        return by_token(flat // width, flat % width, values[order], batch)
 
-    def _select_above_threshold(self, pre: Tensor) -> tuple[Tensor, ActiveLatents]:
-        codes = pre * (pre > self.threshold)
-        token, latent = codes.nonzero(as_tuple=True)
-        return codes, active_by_token(token, latent, codes[token, latent], pre.shape[0])
+    def _select_above_threshold(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        token, latent = (pre > self.threshold).nonzero(as_tuple=True)
+        return by_token(token, latent, pre[token, latent], pre.shape[0])
 
     @torch.no_grad()
     def _update_threshold(self, selected: Tensor) -> None:
@@ -234,7 +226,37 @@ class BatchTopKSAE(TopKFamilySAE):
         return {"threshold": self.threshold.item()}
 
 
-def active_by_token(token: Tensor, latent: Tensor, value: Tensor, batch: int) -> ActiveLatents:
-    """:class:`ActiveLatents` from entries already sorted by ``token``."""
-    offsets = torch.searchsorted(token, torch.arange(batch, device=token.device))
-    return ActiveLatents(latent, value, offsets)
+def largest_entries(pre: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """The n largest entries of ReLU(pre) ``[batch, width]`` and their flat indices: the
+    result of ``relu(pre).flatten().topk(n, sorted=False)``, without its cost.
+
+    torch's CPU topk over a whole batch is slow (300 ms for 131k of 16.8M entries, half a
+    BatchTopK step). A few tokens' pre-activations give a bound that about 2n entries pass;
+    one comparison finds them and topk runs over those alone. The result is exact: when
+    fewer than n entries pass (a sample unlike the rest of the batch), or the bound is not
+    positive, the full topk runs instead."""
+    batch, width = pre.shape
+    flat = pre.flatten()
+    sample = pre[:: max(1, batch // 16)]
+    keep = min(sample.numel(), 2 * -(-n * sample.shape[0] // batch) + 64)
+    if 4 * n < flat.numel() and keep < sample.numel():
+        bound = sample.flatten().topk(keep, sorted=False).values.min()
+        if bound > 0:
+            candidates = (flat >= bound).nonzero().squeeze(1)
+            if candidates.numel() >= n:
+                values, which = flat[candidates].topk(n, sorted=False)
+                return values, candidates[which]
+    return F.relu(flat).topk(n, sorted=False)
+
+
+def by_token(token: Tensor, latent: Tensor, value: Tensor, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(latent, value, offsets)`` (a selection's result) from entries sorted by token."""
+    return latent, value, torch.searchsorted(token, torch.arange(batch, device=token.device))
+
+
+def dense_codes(active: ActiveLatents, batch: int, width: int) -> Tensor:
+    """The selected entries as dense codes ``[batch, width]``."""
+    counts = torch.diff(active.offsets, append=active.offsets.new_full((1,), active.latent.numel()))
+    tokens = torch.repeat_interleave(torch.arange(batch, device=active.latent.device), counts)
+    flat = active.value.new_zeros(batch * width)
+    return flat.index_put_((tokens * width + active.latent,), active.value).view(batch, width)
