@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from saezoo_topk.sae import ActiveLatents, BatchTopKConfig, BatchTopKSAE, sparse_decode, squared_error
+import torch
 from torch import Tensor
 
 from saezoo import SAEOutput
+from saezoo_topk.sae import ActiveLatents, BatchTopKConfig, BatchTopKSAE, entry_tokens, sparse_decode, squared_error
 
 
 @dataclass
@@ -55,8 +56,9 @@ class MatryoshkaSAE(BatchTopKSAE):
         x_hat = self.b_dec
         errors = []
         sizes = self.prefix_sizes()
+        tokens = entry_tokens(active, x.shape[0])
         for lo, hi in zip([0, *sizes], sizes):
-            x_hat = x_hat + self._decode_slice(codes, active, lo, hi)
+            x_hat = x_hat + self._decode_slice(codes, active, tokens, lo, hi)
             errors.append(squared_error(x, x_hat))
         losses = {
             "mse": errors[-1],
@@ -65,9 +67,12 @@ class MatryoshkaSAE(BatchTopKSAE):
         }
         return SAEOutput(x_hat, codes, losses)
 
-    def _decode_slice(self, codes: Tensor, active: ActiveLatents, lo: int, hi: int) -> Tensor:
-        """What latents lo..hi-1 add to the reconstruction."""
+    def _decode_slice(self, codes: Tensor, active: ActiveLatents, tokens: Tensor, lo: int, hi: int) -> Tensor:
+        """What latents lo..hi-1 add to the reconstruction (``tokens``: each entry's token)."""
         if self.cfg.sparse_decode:
-            inside = (active.latent >= lo) & (active.latent < hi)
-            return sparse_decode(active._replace(value=active.value * inside), self.W_dec)
+            # Only the slice's own entries: the prefixes together gather each selected row
+            # once, where masking the values gathered every row once per prefix.
+            inside = ((active.latent >= lo) & (active.latent < hi)).nonzero().squeeze(1)
+            offsets = torch.searchsorted(tokens[inside], torch.arange(codes.shape[0], device=codes.device))
+            return sparse_decode(ActiveLatents(active.latent[inside], active.value[inside], offsets), self.W_dec)
         return codes[:, lo:hi] @ self.W_dec[lo:hi]

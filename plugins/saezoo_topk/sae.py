@@ -254,9 +254,13 @@ def by_token(token: Tensor, latent: Tensor, value: Tensor, batch: int) -> tuple[
     return latent, value, torch.searchsorted(token, torch.arange(batch, device=token.device))
 
 
+def entry_tokens(active: ActiveLatents, batch: int) -> Tensor:
+    """The token of each selected entry."""
+    counts = torch.diff(active.offsets, append=active.offsets.new_full((1,), active.latent.numel()))
+    return torch.repeat_interleave(torch.arange(batch, device=active.latent.device), counts)
+
+
 def dense_codes(active: ActiveLatents, batch: int, width: int) -> Tensor:
     """The selected entries as dense codes ``[batch, width]``."""
-    counts = torch.diff(active.offsets, append=active.offsets.new_full((1,), active.latent.numel()))
-    tokens = torch.repeat_interleave(torch.arange(batch, device=active.latent.device), counts)
     flat = active.value.new_zeros(batch * width)
-    return flat.index_put_((tokens * width + active.latent,), active.value).view(batch, width)
+    return flat.index_put_((entry_tokens(active, batch) * width + active.latent,), active.value).view(batch, width)
