@@ -9,12 +9,15 @@ takes twice as long as one over reused memory. torch has no caching allocator fo
 ``pip install`` cannot do), so saezoo tells glibc to serve large blocks from its heap
 and never trim it: freed blocks are reused by the next step.
 
-Measured on the 2-core benchmark machine (``benchmarks/architectures.py``, same run):
-flat 7,134 -> 9,190 tokens/s, gated 3,918 -> 5,710.
+Measured on the 2-core benchmark machine: ``benchmarks/architectures.py`` (same run) flat
+7,134 -> 9,190 tokens/s, gated 3,918 -> 5,710; ``saezoo train hsae`` 2 min 59 s -> 2 min
+38 s.
 
-The cost: the process keeps its peak heap until it exits, which a training or evaluation
-process does anyway at its next step. ``SAEZOO_KEEP_FREED_MEMORY=0`` turns this off. On
-anything but glibc (macOS, musl) it does nothing.
+The cost: freed memory stays with the process until it exits instead of going back to
+the kernel, so the resident size stays at its peak, and the peak itself grows a little
+(``saezoo train hsae``: 1.72 GiB against 1.66 GiB; the peers benchmark's flat run: 1.46
+GiB against 1.25). ``SAEZOO_KEEP_FREED_MEMORY=0`` turns this off. On anything but glibc
+(macOS, musl) it does nothing.
 """
 
 from __future__ import annotations

@@ -127,8 +127,8 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="saezoo vs SAELens, sparsify and dictionary_learning: train-step throughput, memory, quality.")
-    p.add_argument("--only", nargs="+", choices=list(PEERS), help="libraries to run (default: all but dictionary_learning topk)")
-    p.add_argument("--all", action="store_true", help="also run the extras (dictionary_learning topk; saezoo with bf16 autocast)")
+    p.add_argument("--only", nargs="+", choices=list(PEERS), help="libraries to run (default: all but the extras)")
+    p.add_argument("--all", action="store_true", help="also run the extras (dictionary_learning topk; saezoo with bf16 autocast; two peers with the glibc setting saezoo makes)")
     p.add_argument("--steps", type=int, default=200, help="timed steps")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=1, help="repeat every library this many times, interleaved; throughput is the median")
