@@ -20,7 +20,7 @@ import saezoo
 from saezoo import catalog, checkpoint, plots
 from saezoo.config import RunConfig, merge, parse_set, read_toml, resolve_run
 from saezoo.errors import UsageError
-from saezoo.evaluate import full_evaluation
+from saezoo.evaluate import downstream_metrics, full_evaluation
 
 # Columns of the terminal table and report.md, in order, when present.
 TABLE_METRICS = [
@@ -171,7 +171,8 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> di
     for d in dirs:
         if (d / checkpoint.CFG_FILE).exists():
             raise UsageError(f"--out {out} already holds a comparison ({d.name}); choose another --out")
-    train_many([v.run for v in trained], dirs, source, progress=progress)
+    # The variants' spliced CE/KL come from one shared set of runs below, not from each run's final evaluation.
+    train_many([v.run for v in trained], dirs, source, progress=progress, downstream=False)
 
     eval_x = source.eval_activations(base.train.eval_tokens)
     saes = {}
@@ -187,10 +188,11 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> di
     for v in variants:
         sae = saes[v.label]
         groups = None if len(sae.latent_groups()) > 1 else sizes
-        results[v.label], densities[v.label] = full_evaluation(
-            sae, source, eval_x, base.train.batch_size, device, group_sizes=groups,
-            downstream_tokens=base.train.downstream_tokens,
-        )
+        results[v.label], densities[v.label] = full_evaluation(sae, source, eval_x, base.train.batch_size, device, group_sizes=groups)
+    # One set of spliced runs for every variant: the clean (and zero-ablated) runs are shared.
+    downstream = downstream_metrics([saes[v.label] for v in variants], source, base.train.downstream_tokens, device)
+    for v, metrics in zip(variants, downstream):
+        results[v.label].update(metrics)
     report = {
         "saezoo_version": saezoo.__version__,
         "torch_version": torch.__version__,

@@ -4,7 +4,8 @@ Each context is run three ways — clean, with the hooked activation replaced by
 reconstruction, and with it zero-ablated — and the next-token predictions are compared. The
 runs share the layers below the hook, which run once (see ``_runs``). The zero-ablated run
 does not depend on the SAE: given a ``baseline_key``, its sums are cached, and later
-evaluations on the same contexts run only the clean and the SAE runs. Positions whose
+evaluations on the same contexts run only the clean and the SAE runs. Several SAEs
+(``spliced_metrics_many``, as ``compare`` evaluates them) share the clean run too. Positions whose
 activation is not a training token (BOS, padding, massive outliers) are left untouched in
 both spliced runs. A position counts when its activation was spliced and the token it
 predicts is real (the next position's mask is true).
@@ -48,11 +49,16 @@ def _replace_output(module: nn.Module, fn: Callable[[Tensor], Tensor]):
 _CHUNK_BYTES = 16 << 20
 
 
+def spliced_metrics(model: nn.Module, hook: str, sae: SAE, input_ids: Tensor, mask: Tensor, **options: Any) -> dict[str, float]:
+    """Spliced CE/KL of one SAE; see :func:`spliced_metrics_many` for the arguments."""
+    return spliced_metrics_many(model, hook, [sae], input_ids, mask, **options)[0]
+
+
 @torch.no_grad()
-def spliced_metrics(
+def spliced_metrics_many(
     model: nn.Module,
     hook: str,
-    sae: SAE,
+    saes: list[SAE],
     input_ids: Tensor,
     mask: Tensor,
     batch_size: int = 8,
@@ -60,16 +66,18 @@ def spliced_metrics(
     device: torch.device | str = "cpu",
     baseline_key: dict[str, Any] | None = None,
     cache_dir: str | Path | None = None,
-) -> dict[str, float]:
-    """Spliced CE/KL on contexts ``input_ids`` ``[N, T]`` with splice mask ``mask`` ``[N, T]``.
+) -> list[dict[str, float]]:
+    """Spliced CE/KL of each SAE on contexts ``input_ids`` ``[N, T]`` with splice mask
+    ``mask`` ``[N, T]``; the clean (and zero-ablated) runs are shared, so K SAEs cost
+    K + 1 runs above the hook instead of 2K.
 
-    ``sae`` takes raw activations (a saved SAE). ``max_norm``: activations above it are
+    The SAEs take raw activations (saved SAEs). ``max_norm``: activations above it are
     outliers and stay untouched. ``baseline_key`` identifies the model and hook (the
     activation cache's key does); with it the zero-ablated run's sums are read from, or
     written to, ``<cache_dir>/downstream``.
     """
     module = model.get_submodule(hook)
-    sae = sae.to(device).eval()
+    saes = [sae.to(device).eval() for sae in saes]
     baseline_file = None
     if baseline_key is not None:
         contexts = hashlib.sha256(input_ids.cpu().numpy().tobytes() + mask.cpu().numpy().tobytes()).hexdigest()
@@ -78,33 +86,36 @@ def spliced_metrics(
         baseline = _read_baseline(baseline_file, key)
     else:
         baseline = None
-    names = ("ce_clean", "ce_sae", "kl_sae") if baseline else ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero")
-    totals = {k: 0.0 for k in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero", "cosine", "norm_ratio")}
+    shared = {k: 0.0 for k in ("ce_clean", "ce_zero", "kl_zero")}
+    own = [{k: 0.0 for k in ("ce_sae", "kl_sae", "cosine", "norm_ratio")} for _ in saes]
     positions, spliced_tokens = 0, 0
     for ids, m in zip(input_ids.split(batch_size), mask.split(batch_size)):
         ids, m = ids.to(device), m.to(device)
-        state: dict[str, Tensor] = {}
+        state: dict[str, Any] = {}
 
         def spliced(act: Tensor, m: Tensor = m, state: dict = state) -> list[Tensor]:
-            """The activation with the SAE's reconstruction, and (without a cached baseline)
-            zero-ablated, on one mask."""
+            """The activation with each SAE's reconstruction, and (without a cached
+            baseline) zero-ablated, on one mask."""
             keep = m.clone()
             if max_norm is not None:
                 keep &= act.float().norm(dim=-1) <= max_norm
             x = act[keep].float()
-            x_hat = sae.decode(sae.encode(x))
-            state["cos"] = torch.cosine_similarity(x_hat, x, dim=-1)
-            state["ratio"] = x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)
-            state["keep"] = keep
-            with_sae = act.clone()
-            with_sae[keep] = x_hat.to(act.dtype)
-            if baseline:
-                return [with_sae]
-            with_zero = act.clone()
-            with_zero[keep] = 0
-            return [with_sae, with_zero]
+            state["keep"], state["cos"], state["ratio"] = keep, [], []
+            replaced = []
+            for sae in saes:
+                x_hat = sae.decode(sae.encode(x))
+                state["cos"].append(float(torch.cosine_similarity(x_hat, x, dim=-1).sum()))
+                state["ratio"].append(float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum()))
+                with_sae = act.clone()
+                with_sae[keep] = x_hat.to(act.dtype)
+                replaced.append(with_sae)
+            if not baseline:
+                with_zero = act.clone()
+                with_zero[keep] = 0
+                replaced.append(with_zero)
+            return replaced
 
-        logits = _runs(model, module, ids, spliced)  # [R, B, T, V]: clean, sae(, zero)
+        logits = _runs(model, module, ids, spliced)  # [R, B, T, V]: clean, each SAE(, zero)
         # Position t predicts token t+1: count it when t was spliced and t+1 is real. Chunks
         # are contiguous runs of positions, uncounted ones weighted 0: slicing a view is
         # cheaper than gathering the counted rows, and nearly every position counts.
@@ -120,22 +131,35 @@ def spliced_metrics(
             if not w.any():
                 continue
             ce, kl = _ce_kl(flat[:, start : start + per_chunk], targets[start : start + per_chunk])
-            for name, value in zip(names, torch.cat([ce, kl]) @ w):
-                totals[name] += float(value)
+            # Rows: CE of clean, each SAE (and zero); KL of each SAE (and zero).
+            ce_sums, kl_sums = (ce @ w).tolist(), (kl @ w).tolist()
+            shared["ce_clean"] += ce_sums[0]
+            for i, totals in enumerate(own):
+                totals["ce_sae"] += ce_sums[1 + i]
+                totals["kl_sae"] += kl_sums[i]
+            if not baseline:
+                shared["ce_zero"] += ce_sums[-1]
+                shared["kl_zero"] += kl_sums[-1]
         positions += int(counted.sum())
-        totals["cosine"] += float(state["cos"].sum())
-        totals["norm_ratio"] += float(state["ratio"].sum())
+        for totals, cos, ratio in zip(own, state["cos"], state["ratio"]):
+            totals["cosine"] += cos
+            totals["norm_ratio"] += ratio
         spliced_tokens += int(state["keep"].sum())
     if baseline:
         if baseline["positions"] != positions:
             raise RuntimeError(f"{baseline_file}: cached baseline counts {baseline['positions']} positions, this run {positions}")
-        totals["ce_zero"], totals["kl_zero"] = baseline["ce_zero"], baseline["kl_zero"]
+        shared["ce_zero"], shared["kl_zero"] = baseline["ce_zero"], baseline["kl_zero"]
     elif baseline_file is not None:
         # Atomic (temp file + rename): a killed run leaves no half-written baseline.
-        write_json(baseline_file, {"key": key, "sums": {"positions": positions, "ce_zero": totals["ce_zero"], "kl_zero": totals["kl_zero"]}})
-    out = {k: v / max(positions, 1) for k, v in totals.items() if k not in ("cosine", "norm_ratio")}
-    out["cosine"] = totals["cosine"] / max(spliced_tokens, 1)
-    out["norm_ratio"] = totals["norm_ratio"] / max(spliced_tokens, 1)
+        write_json(baseline_file, {"key": key, "sums": {"positions": positions, "ce_zero": shared["ce_zero"], "kl_zero": shared["kl_zero"]}})
+    return [_finish(shared, totals, positions, spliced_tokens) for totals in own]
+
+
+def _finish(shared: dict[str, float], own: dict[str, float], positions: int, spliced_tokens: int) -> dict[str, float]:
+    """One SAE's metrics from the summed CE/KL (per counted position) and cosine/ratio (per spliced token)."""
+    out = {k: v / max(positions, 1) for k, v in {**shared, **own}.items() if k not in ("cosine", "norm_ratio")}
+    out["cosine"] = own["cosine"] / max(spliced_tokens, 1)
+    out["norm_ratio"] = own["norm_ratio"] / max(spliced_tokens, 1)
     denom = out["ce_zero"] - out["ce_clean"]
     out["ce_recovered"] = (out["ce_zero"] - out["ce_sae"]) / denom if abs(denom) > 1e-12 else float("nan")
     out["delta_ce"] = out["ce_sae"] - out["ce_clean"]
@@ -194,7 +218,7 @@ def _ce_kl(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     shifted.sub_(shifted.amax(dim=-1, keepdim=True))
     picked = shifted.gather(2, targets.expand(len(shifted), -1).unsqueeze(-1)).squeeze(-1)
     exp = torch.exp(shifted)
-    log_z = exp.sum(dim=-1).log()  # [3, n]
+    log_z = exp.sum(dim=-1).log()  # [R, n]
     p_clean = exp[0].div_(exp[0].sum(dim=-1, keepdim=True))
     expected = torch.einsum("nv,rnv->rn", p_clean, shifted)  # Σ_v p_v s_v per run, as a batched matvec
     kl = expected[0] - expected[1:] - log_z[0] + log_z[1:]

@@ -247,14 +247,20 @@ def full_evaluation(
         codes = torch.cat([sae.encode(b.to(device)).cpu() for b in batches()])
         truth_coeffs = source.eval_features(x.shape[0])
         metrics.update(ground_truth_hierarchy(source.ground_truth, sae.decoder_directions(), codes, truth_coeffs))
-    if downstream_tokens > 0 and hasattr(source, "eval_contexts"):
-        from saezoo.downstream import spliced_metrics
-
-        input_ids, mask = source.eval_contexts(downstream_tokens)
-        metrics.update(
-            spliced_metrics(
-                source.model, source.hook, sae, input_ids, mask, max_norm=source.outlier_threshold, device=device,
-                baseline_key=source.baseline_key(), cache_dir=source.cache_dir,
-            )
-        )
+    metrics.update(downstream_metrics([sae], source, downstream_tokens, device)[0])
     return metrics, density
+
+
+def downstream_metrics(saes: list[SAE], source, tokens: int, device: torch.device | str = "cpu") -> list[dict[str, float]]:
+    """Spliced CE/KL of each SAE on ``tokens`` held-out tokens of a model source, sharing
+    the clean and zero-ablated runs; empty dicts when ``tokens`` is 0 or the source has no
+    model (synthetic)."""
+    if tokens <= 0 or not hasattr(source, "eval_contexts"):
+        return [{} for _ in saes]
+    from saezoo.downstream import spliced_metrics_many
+
+    input_ids, mask = source.eval_contexts(tokens)
+    return spliced_metrics_many(
+        source.model, source.hook, saes, input_ids, mask, max_norm=source.outlier_threshold, device=device,
+        baseline_key=source.baseline_key(), cache_dir=source.cache_dir,
+    )

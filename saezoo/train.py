@@ -272,13 +272,13 @@ class Trainee:
         sae.fold_input_scale(self.scale)
         return sae.eval()
 
-    def evaluate(self, eval_x: Tensor, source: ActivationSource, final: bool = False) -> dict[str, float]:
-        """Held-out metrics; the final evaluation adds every metric and writes metrics.json."""
+    def evaluate(self, eval_x: Tensor, source: ActivationSource, final: bool = False, downstream: bool = True) -> dict[str, float]:
+        """Held-out metrics; the final evaluation adds every metric (the spliced CE/KL unless
+        ``downstream`` is false) and writes metrics.json."""
         sae = self.inference_copy()
         if final:
-            metrics, density = full_evaluation(
-                sae, source, eval_x, self.cfg.batch_size, self.device, downstream_tokens=self.cfg.downstream_tokens
-            )
+            tokens = self.cfg.downstream_tokens if downstream else 0
+            metrics, density = full_evaluation(sae, source, eval_x, self.cfg.batch_size, self.device, downstream_tokens=tokens)
         else:
             metrics = evaluate_sae(sae, eval_x.split(self.cfg.batch_size), source.ground_truth, self.device)
         metrics["nonfinite_steps"] = float(self.nonfinite_total)
@@ -356,11 +356,14 @@ def train_many(
     source: ActivationSource,
     resume: bool = False,
     progress: bool = True,
+    downstream: bool = True,
 ) -> list[dict[str, float]]:
     """Train one SAE per run on the same stream of batches; return their final metrics.
 
     With several runs, one that diverges stops alone (its metrics say so); with one run,
     divergence raises. Under torchrun, non-main ranks return empty metrics.
+    ``downstream=False`` leaves the spliced CE/KL out of the final metrics (``compare``
+    computes them for every variant at once).
     """
     train_cfg = runs[0].train
     device = distributed.local_device(resolve_device(train_cfg.device))
@@ -423,7 +426,7 @@ def train_many(
         for i, t in enumerate(trainees):
             if i not in failures:
                 t.save_checkpoint()
-            metrics = t.evaluate(eval_x, source, final=True) if main else {}
+            metrics = t.evaluate(eval_x, source, final=True, downstream=downstream) if main else {}
             if i in failures:
                 # The weights are the last finite ones: skipped steps never update them.
                 metrics.update({"diverged": 1.0})

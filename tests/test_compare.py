@@ -14,6 +14,7 @@ from saezoo.compare import resolve_variants, run_compare
 from saezoo.errors import UsageError
 from saezoo_flat.sae import FlatSAE
 
+from activations_helpers import corpus_file, llama_dir  # noqa: F401  (fixtures)
 from helpers import FAST_SETS, assert_one_line_error, run_cli
 
 SEEN: dict[str, list[str]] = {}
@@ -85,6 +86,38 @@ def test_every_variant_sees_the_same_batches(recorder, tmp_path):
     training_streams = [s for s in calls if s < 1 << 40]
     # one init sample (stream 0) + one production per step: not one per variant
     assert len(training_streams) == 1 + 12
+
+
+def test_compare_on_a_model_shares_the_spliced_runs(tmp_path, llama_dir, corpus_file):  # noqa: F811
+    """On a model source every variant gets spliced CE/KL from one set of runs: the clean
+    and zero-ablated numbers are the same for all, and the layers above the hook see
+    clean + one run per variant + zero-ablated rows."""
+    from saezoo.activations.model_source import ModelSource
+
+    rows = []
+    original = ModelSource.eval_contexts
+
+    def contexts(self, n):
+        block = self.model.get_submodule("model.layers.3")
+        block.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+        return original(self, n)
+
+    data = {"source": "model", "model": str(llama_dir), "dataset": str(corpus_file), "hook": "model.layers.2",
+            "context_length": 32, "harvest_tokens": 4096, "cache_dir": str(tmp_path / "cache")}
+    train = {"steps": 8, "batch_size": 128, "eval_tokens": 512, "downstream_tokens": 256}
+    variants = resolve_variants(["flat", "topk"], "constant", None, None, {"data": data, "train": train}, [], None)
+    ModelSource.eval_contexts = contexts
+    try:
+        report = run_compare(variants, tmp_path / "cmp", progress=False)
+    finally:
+        ModelSource.eval_contexts = original
+    flat, topk = (report["variants"][label]["metrics"] for label in ("flat", "topk"))
+    for name in ("ce_clean", "ce_zero", "kl_zero", "downstream_positions"):
+        assert flat[name] == topk[name], name
+    assert flat["downstream_positions"] > 0 and flat["ce_sae"] != topk["ce_sae"]
+    # Batches of up to 8 contexts, each 4 runs (clean, flat, topk, zero) above the hook, and only here:
+    # the runs' own final evaluations leave the spliced metrics to compare.
+    assert rows and max(rows) == 4 * 8 and all(r % 4 == 0 for r in rows)
 
 
 def test_set_with_a_spec_prefix_applies_to_that_variant_only():

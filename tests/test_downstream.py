@@ -167,3 +167,25 @@ def test_cached_baseline_skips_the_ablated_run(tiny_model, contexts, tmp_path):
     assert second["ce_zero"] == first["ce_zero"] and second["kl_zero"] == first["kl_zero"]
     for name in ("ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero", "ce_recovered"):
         assert second[name] == pytest.approx(uncached[name], rel=1e-4, abs=1e-6), name  # batch shapes differ
+
+
+def test_several_saes_share_the_clean_and_ablated_runs(tiny_model, contexts):
+    """Two SAEs in one call: 6 contexts x (clean + 2 SAEs + zero) rows above the hook, and
+    each SAE's metrics equal those of evaluating it alone."""
+    from saezoo.downstream import spliced_metrics_many
+
+    rows = []
+    block = tiny_model.get_submodule(tiny_model.hook_name.rsplit(".", 1)[0] + ".2")
+    handle = block.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+    fns = (lambda x: 0.5 * x, lambda x: x.flip(-1))
+    try:
+        together = spliced_metrics_many(tiny_model, tiny_model.hook_name, [FnSAE(32, f) for f in fns], *contexts)
+    finally:
+        handle.remove()
+    assert rows == [24]
+    for fn, metrics in zip(fns, together):
+        alone = spliced_metrics(tiny_model, tiny_model.hook_name, FnSAE(32, fn), *contexts)
+        assert metrics.keys() == alone.keys()
+        for name, value in alone.items():
+            assert metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-4), name  # batch shapes differ
+    assert together[0]["cosine"] == pytest.approx(1.0, abs=1e-5) and together[1]["cosine"] < 0.9
