@@ -51,23 +51,28 @@ class _JumpReLUWithL0(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
         fires = pre > threshold
-        ctx.save_for_backward(pre, threshold, fires)
+        codes = torch.where(fires, pre, pre.new_zeros(()))
+        ctx.save_for_backward(pre, threshold, codes)
         ctx.bandwidth = bandwidth
         # The counts in the threshold's dtype: exact, where bf16 (autocast) rounds above 256.
-        return torch.where(fires, pre, pre.new_zeros(())), fires.sum(-1, dtype=threshold.dtype)
+        return codes, fires.sum(-1, dtype=threshold.dtype)
 
     @staticmethod
     def backward(ctx, grad_codes: Tensor | None, grad_l0: Tensor | None) -> tuple[Tensor | None, Tensor, None]:
-        pre, threshold, fires = ctx.saved_tensors
+        pre, threshold, codes = ctx.saved_tensors
         eps = ctx.bandwidth
-        token, latent = ((pre - threshold).abs_() < eps / 2).nonzero(as_tuple=True)  # where K = 1
+        # Where K = 1: two comparisons write one-byte masks, where |pre - threshold| < eps / 2
+        # writes two float tensors first.
+        window = (pre > threshold - eps / 2).logical_xor_(pre >= threshold + eps / 2)
+        token, latent = window.nonzero(as_tuple=True)
         per_entry = threshold.new_zeros(len(token))
         if grad_codes is not None:
             per_entry += grad_codes[token, latent] * threshold[latent]
         if grad_l0 is not None:
             per_entry += grad_l0[token].to(threshold.dtype)
         grad_threshold = torch.zeros_like(threshold).index_add_(0, latent, per_entry, alpha=-1 / eps)
-        grad_pre = torch.where(fires, grad_codes, grad_codes.new_zeros(())) if grad_codes is not None else None
+        # H(pre - theta) = [codes > 0], thresholds being positive: the ReLU backward's kernel.
+        grad_pre = torch.ops.aten.threshold_backward(grad_codes, codes, 0) if grad_codes is not None else None
         return grad_pre, grad_threshold, None
 
 
