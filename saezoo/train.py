@@ -93,6 +93,8 @@ class Trainee:
         check_compatible(run.curriculum_name, curriculum_cls, run.architecture, sae_cls)
         torch.manual_seed(run.train.seed)
         self.sae: SAE = ckpt.build_sae(run.architecture, d_in, run.sae).to(device)
+        # The compiled wrapper shares the SAE's parameters: checkpoints and evaluation use the SAE.
+        self.forward = torch.compile(self.sae) if self.cfg.compile else self.sae
         try:
             self.curriculum: Curriculum = curriculum_cls(run.curriculum, run.train.steps, self.sae)
         except ValueError as exc:
@@ -175,7 +177,7 @@ class Trainee:
             torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.autocast == "bf16" else nullcontext()
         )
         with autocast:
-            out = self.sae(x, knobs, dead_mask)
+            out = self.forward(x, knobs, dead_mask)
         loss = sum(out.losses.values())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -8,7 +8,7 @@ import pytest
 
 from saezoo.train import lr_factor
 
-from helpers import run_cli
+from helpers import assert_same_training, fast_train_args, run_cli
 
 
 def test_lr_schedule():
@@ -32,3 +32,12 @@ def test_flat_recovers_synthetic_features(tmp_path):
     assert metrics["recovered_fraction"] >= 0.6
     assert metrics["dead_fraction"] <= 0.9
     assert metrics["l0"] <= 20
+
+
+@pytest.mark.slow
+def test_compiled_forward_trains_like_eager(tmp_path):
+    """train.compile only changes how the forward pass runs, not what it computes."""
+    for name, compile_ in (("eager", "false"), ("compiled", "true")):
+        proc = run_cli(*fast_train_args("flat", tmp_path / name, 20, "--set", f"train.compile={compile_}"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_training(tmp_path / "eager", tmp_path / "compiled")
