@@ -50,7 +50,7 @@ def width_options(arch: str, d_in: int, width: int) -> dict[str, Any]:
 
 
 def build_trainee(arch: str, d_in: int, width: int, batch: int, lr: float, seed: int, out_dir: Path, sample, extra=None,
-                  device: str = "cpu", autocast: str = "none"):
+                  device: str = "cpu", autocast: str = "none", compile: bool = False):
     import torch
 
     from saezoo.config import resolve_run
@@ -66,6 +66,7 @@ def build_trainee(arch: str, d_in: int, width: int, batch: int, lr: float, seed:
                 "decay": "none",
                 "device": device,
                 "autocast": autocast,
+                "compile": compile,
                 "seed": seed,
                 "eval_every": 0,
                 "checkpoint_every": 0,

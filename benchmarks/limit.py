@@ -42,32 +42,39 @@ from common import machine, markdown_table, set_threads  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
-def six_matmuls(batch: int, d_in: int, d_sae: int):
+def six_matmuls(batch: int, d_in: int, d_sae: int, device: str = "cpu", dtype: str = "float32"):
     """A function running the six matmuls once and returning the seconds they took."""
     import torch
 
-    shapes = _shapes(batch, d_in, d_sae)
+    shapes = _shapes(batch, d_in, d_sae, device, dtype)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
     def run() -> float:
+        sync()
         t0 = time.perf_counter()
         for a, b in shapes.values():
             torch.mm(a, b)
+        sync()
         return time.perf_counter() - t0
 
     return run
 
 
-def _shapes(batch: int, d_in: int, d_sae: int) -> dict:
+def _shapes(batch: int, d_in: int, d_sae: int, device: str = "cpu", dtype: str = "float32") -> dict:
     import torch
 
     g = torch.Generator().manual_seed(0)
     B, d, s = batch, d_in, d_sae
-    x = torch.randn(B, d, generator=g)
-    W_enc = torch.randn(d, s, generator=g)
-    W_dec = torch.randn(s, d, generator=g)
-    codes = torch.relu(torch.randn(B, s, generator=g))
-    g_xhat = torch.randn(B, d, generator=g)
-    g_pre = torch.randn(B, s, generator=g)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device, getattr(torch, dtype))
+
+    x = randn(B, d)
+    W_enc = randn(d, s)
+    W_dec = randn(s, d)
+    codes = torch.relu(randn(B, s))
+    g_xhat = randn(B, d)
+    g_pre = randn(B, s)
     return {
         "x @ W_enc": (x, W_enc),
         "codes @ W_dec": (codes, W_dec),
