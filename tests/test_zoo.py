@@ -411,3 +411,15 @@ def test_each_variant_learns_the_synthetic_features(cls, overrides, knobs, steps
     explained_variance, l0, dead = _train_on_synthetic(sae, knobs, steps, batch_size)
     assert explained_variance >= 0.9, (explained_variance, l0, dead)
     assert l0 <= 32, (explained_variance, l0, dead)
+
+
+def test_flat_decoder_bias_starts_at_the_mean_or_at_zero():
+    from saezoo_flat.sae import FlatConfig, FlatSAE
+
+    sample = torch.randn(256, 8) + 3.0
+    for init, expected in (("mean", sample.mean(0)), ("zeros", torch.zeros(8))):
+        sae = FlatSAE(8, FlatConfig(expansion_factor=2, init_b_dec=init))
+        sae.init_from_data(sample)
+        torch.testing.assert_close(sae.b_dec.detach(), expected)
+    with pytest.raises(ValueError, match="init_b_dec"):
+        FlatSAE(8, FlatConfig(init_b_dec="median"))

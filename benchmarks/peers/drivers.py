@@ -150,6 +150,13 @@ def saezoo_topk_bf16(s: Settings, sample: Tensor) -> Driver:
     return _saezoo("topk", s, sample, {"k": s.k}, autocast="bf16")
 
 
+# Extra: flat starting from a zero decoder bias, as sae-lens's standard SAE does, instead of
+# saezoo's default (the sample mean; better on the embedded model, see benchmarks/README.md).
+@driver("saezoo flat b_dec zeros", "saezoo")
+def saezoo_flat_zero_b_dec(s: Settings, sample: Tensor) -> Driver:
+    return _saezoo("flat", s, sample, {"l1_coefficient": s.l1, "init_b_dec": "zeros"})
+
+
 # --- SAELens (peers venv) --------------------------------------------------------------------
 
 

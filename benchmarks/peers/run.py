@@ -45,10 +45,11 @@ PEERS = {
     "dictionary_learning topk": "venv",
     "saezoo flat bf16": "saezoo",
     "saezoo topk bf16": "saezoo",
+    "saezoo flat b_dec zeros": "saezoo",
     "dictionary_learning standard" + HEAP: "venv",
     "sparsify topk" + HEAP: "venv",
 }
-EXTRAS = ("dictionary_learning topk", "saezoo flat bf16", "saezoo topk bf16",
+EXTRAS = ("dictionary_learning topk", "saezoo flat bf16", "saezoo topk bf16", "saezoo flat b_dec zeros",
           "dictionary_learning standard" + HEAP, "sparsify topk" + HEAP)
 DEFAULT = [n for n in PEERS if n not in EXTRAS]
 
@@ -128,7 +129,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="saezoo vs SAELens, sparsify and dictionary_learning: train-step throughput, memory, quality.")
     p.add_argument("--only", nargs="+", choices=list(PEERS), help="libraries to run (default: all but the extras)")
-    p.add_argument("--all", action="store_true", help="also run the extras (dictionary_learning topk; saezoo with bf16 autocast; two peers with the glibc setting saezoo makes)")
+    p.add_argument("--all", action="store_true", help="also run the extras (dictionary_learning topk; saezoo with bf16 autocast; saezoo flat with sae-lens's zero decoder-bias init; two peers with the glibc setting saezoo makes)")
     p.add_argument("--steps", type=int, default=200, help="timed steps")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=1, help="repeat every library this many times, interleaved; throughput is the median")

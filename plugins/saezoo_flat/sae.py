@@ -26,6 +26,8 @@ class FlatConfig:
     5 (the April update's value) cost 0.2 of explained variance there."""
     init_decoder_norm: float = 0.1
     """Initial L2 norm of each decoder row; small rows let the penalty shape them early."""
+    init_b_dec: str = "mean"
+    """The decoder bias at the start: "mean" (the sample's mean) or "zeros"."""
 
 
 class FlatSAE(SAE):
@@ -50,6 +52,8 @@ class FlatSAE(SAE):
             raise ValueError(f"expansion_factor must be >= 1, got {self.cfg.expansion_factor}")
         if self.cfg.l1_coefficient < 0:
             raise ValueError(f"l1_coefficient must be >= 0, got {self.cfg.l1_coefficient}")
+        if self.cfg.init_b_dec not in ("mean", "zeros"):
+            raise ValueError(f"init_b_dec must be 'mean' or 'zeros', got {self.cfg.init_b_dec!r}")
         if self.cfg.init_decoder_norm <= 0:
             raise ValueError(f"init_decoder_norm must be > 0, got {self.cfg.init_decoder_norm}")
 
@@ -77,7 +81,8 @@ class FlatSAE(SAE):
     def init_from_data(self, sample: Tensor) -> None:
         # The geometric median is the textbook choice; the mean is close for activations and
         # costs one pass.
-        self.b_dec.copy_(sample.mean(0))
+        if self.cfg.init_b_dec == "mean":
+            self.b_dec.copy_(sample.mean(0))
 
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:
