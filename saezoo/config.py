@@ -73,11 +73,11 @@ class TrainConfig:
     autocast: Literal["none", "bf16"] = "none"
     """bf16 autocast of the SAE's forward pass (CUDA)."""
     compile: bool = False
-    """torch.compile the SAE's forward pass. Measured on an H200: flat, gated and hsae 10-53 %
-    faster, jumprelu slower at 4096 latents and faster at 65536, the TopK family 10-38 %
-    slower; no gain on CPUs. The first step pays for the
-    compilation. Gated compiled on CUDA trained differently from eager (cause unknown):
-    see benchmarks/README.md."""
+    """torch.compile the SAE's forward pass; the first step pays for the compilation.
+    Measured on an H200: flat, gated and hsae 10-53 % faster, jumprelu slower at 4096
+    latents and faster at 65536, the TopK family 10-38 % slower; no gain on CPUs. Gated
+    compiled on CUDA trained differently from eager (cause unknown): see
+    benchmarks/README.md."""
     log_every: int = 10
     """Steps between TensorBoard scalars and progress updates."""
     eval_every: int = 100

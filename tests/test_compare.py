@@ -12,7 +12,7 @@ import torch
 from saezoo import catalog, hookimpl, plugins
 from saezoo.compare import resolve_variants, run_compare
 from saezoo.errors import UsageError
-from saezoo_flat.sae import FlatSAE
+from saezoo_flat.sae import FlatConfig, FlatSAE
 
 from activations_helpers import corpus_file, llama_dir  # noqa: F401  (fixtures)
 from helpers import FAST_SETS, assert_one_line_error, run_cli
@@ -21,13 +21,11 @@ SEEN: dict[str, list[str]] = {}
 
 
 @dataclass
-class RecorderConfig:
+class RecorderConfig(FlatConfig):
     expansion_factor: int = 2
     """Latents per input dimension."""
     l1_coefficient: float = 5.0
     """L1 weight."""
-    init_decoder_norm: float = 0.1
-    """Initial decoder row norm."""
     tag: str = "a"
     """Which list of SEEN the batches go to."""
 
