@@ -86,7 +86,7 @@ def test_every_variant_sees_the_same_batches(recorder, tmp_path):
     assert len(training_streams) == 1 + 12
 
 
-def test_compare_on_a_model_shares_the_spliced_runs(tmp_path, llama_dir, corpus_file):  # noqa: F811
+def test_compare_on_a_model_shares_the_spliced_runs(tmp_path, llama_dir, corpus_file, monkeypatch):  # noqa: F811
     """On a model source every variant gets spliced CE/KL from one set of runs: the clean
     and zero-ablated numbers are the same for all, and the layers above the hook see
     clean + one run per variant + zero-ablated rows."""
@@ -104,11 +104,8 @@ def test_compare_on_a_model_shares_the_spliced_runs(tmp_path, llama_dir, corpus_
             "context_length": 32, "harvest_tokens": 4096, "cache_dir": str(tmp_path / "cache")}
     train = {"steps": 8, "batch_size": 128, "eval_tokens": 512, "downstream_tokens": 256}
     variants = resolve_variants(["flat", "topk"], "constant", None, None, {"data": data, "train": train}, [], None)
-    ModelSource.eval_contexts = contexts
-    try:
-        report = run_compare(variants, tmp_path / "cmp", progress=False)
-    finally:
-        ModelSource.eval_contexts = original
+    monkeypatch.setattr(ModelSource, "eval_contexts", contexts)
+    report = run_compare(variants, tmp_path / "cmp", progress=False)
     flat, topk = (report["variants"][label]["metrics"] for label in ("flat", "topk"))
     for name in ("ce_clean", "ce_zero", "kl_zero", "downstream_positions"):
         assert flat[name] == topk[name], name

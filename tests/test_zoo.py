@@ -416,10 +416,13 @@ def test_each_variant_learns_the_synthetic_features(cls, overrides, knobs, steps
 def test_flat_decoder_bias_starts_at_the_mean_or_at_zero():
     from saezoo_flat.sae import FlatConfig, FlatSAE
 
+    from saezoo.config import resolve_run
+    from saezoo.errors import UsageError
+
     sample = torch.randn(256, 8) + 3.0
     for init, expected in (("mean", sample.mean(0)), ("zeros", torch.zeros(8))):
         sae = FlatSAE(8, FlatConfig(expansion_factor=2, init_b_dec=init))
         sae.init_from_data(sample)
         torch.testing.assert_close(sae.b_dec.detach(), expected)
-    with pytest.raises(ValueError, match="init_b_dec"):
-        FlatSAE(8, FlatConfig(init_b_dec="median"))
+    with pytest.raises(UsageError, match="init_b_dec"):  # the config's Literal, checked where settings are read
+        resolve_run("flat", options={"sae": {"init_b_dec": "median"}})

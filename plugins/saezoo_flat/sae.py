@@ -8,6 +8,7 @@ nothing, and the decoder needs no unit-norm constraint.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,7 @@ class FlatConfig:
     5 (the April update's value) cost 0.2 of explained variance there."""
     init_decoder_norm: float = 0.1
     """Initial L2 norm of each decoder row; small rows let the penalty shape them early."""
-    init_b_dec: str = "mean"
+    init_b_dec: Literal["mean", "zeros"] = "mean"
     """The decoder bias at the start: "mean" (the sample's mean) or "zeros"."""
 
 
@@ -52,8 +53,6 @@ class FlatSAE(SAE):
             raise ValueError(f"expansion_factor must be >= 1, got {self.cfg.expansion_factor}")
         if self.cfg.l1_coefficient < 0:
             raise ValueError(f"l1_coefficient must be >= 0, got {self.cfg.l1_coefficient}")
-        if self.cfg.init_b_dec not in ("mean", "zeros"):
-            raise ValueError(f"init_b_dec must be 'mean' or 'zeros', got {self.cfg.init_b_dec!r}")
         if self.cfg.init_decoder_norm <= 0:
             raise ValueError(f"init_decoder_norm must be > 0, got {self.cfg.init_decoder_norm}")
 
