@@ -11,6 +11,9 @@ A variant is an ``nn.Module`` subclass of :class:`SAE` with:
 * ``forward(x, knobs, dead_mask) -> SAEOutput``: ``losses`` holds every term; the
   trainer minimises their sum and logs each by name.
 * ``latent_groups()``: how the codes split into tiers (a flat SAE has one group).
+* ``latent_parents()``: the structural tree, where the architecture has one (the hierarchy
+  contract; :mod:`saezoo.hierarchy` infers a tree from co-firing for every SAE alike and
+  reports the structural one beside it).
 
 Inputs seen in training are normalised (E‖x‖² = d_in); :meth:`SAE.fold_input_scale`
 folds that scale into the weights when the run is saved, so saved SAEs take raw
@@ -75,6 +78,12 @@ class SAE(nn.Module):
     def latent_groups(self) -> list[tuple[str, int]]:
         """Contiguous groups of the codes, as ``(name, size)``; they sum to ``width``."""
         return [("all", self.width)]
+
+    def latent_parents(self) -> Tensor | None:
+        """The structural tree: ``[width]`` int64 holding, for each latent, the index (into
+        the codes) of its parent latent, or -1 for a latent without one. None (the default)
+        when the architecture has no structural parents; its tree is then only inferred."""
+        return None
 
     @property
     def width(self) -> int:

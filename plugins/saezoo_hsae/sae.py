@@ -233,6 +233,16 @@ class HSAE(SAE):
             weights = weights * module.norm.weight
         return weights.detach()
 
+    def latent_parents(self) -> Tensor:
+        """Each tier-i latent's parent is the tier-(i-1) latent with the largest weight into it
+        (tier_parents); tier-1 latents have none."""
+        parents = [torch.full((self.tier_widths[0],), -1, dtype=torch.long)]
+        start = 0
+        for tier in range(2, self.n_tiers + 1):
+            parents.append(self.tier_parents(tier).argmax(dim=1).cpu() + start)
+            start += self.tier_widths[tier - 2]
+        return torch.cat(parents)
+
     def importance_weights(self) -> Tensor:
         return torch.softmax(torch.stack([t.importance_logit for t in self.tiers]), dim=0)
 
