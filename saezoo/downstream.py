@@ -43,7 +43,7 @@ def _replace_output(module: nn.Module, fn: Callable[[Tensor], Tensor]):
     return module.register_forward_hook(hook)
 
 
-# Bytes of float32 logits handled at once. Under glibc's largest mmap threshold (32 MB) the
+# Bytes of one run's float32 logits handled at once. Under glibc's largest mmap threshold (32 MB) the
 # temporaries are reused from the heap; above it every step maps and page-faults fresh memory,
 # which made CE/KL 3-4x slower than at 16 MB (SmolLM2's 49k vocabulary, 2 cores).
 _CHUNK_BYTES = 16 << 20
@@ -125,14 +125,15 @@ def spliced_metrics_many(
         targets[:, :-1] = ids[:, 1:]
         weight, targets = counted.flatten().float(), targets.flatten()
         flat = logits.flatten(1, 2)  # [R, B*T, V], a view
-        per_chunk = max(1, _CHUNK_BYTES // (flat.shape[0] * flat.shape[-1] * 4))
+        # Chunk rows depend on the vocabulary only, not on how many runs share the batch: a
+        # cached baseline (fewer runs) must sum its chunks exactly as the run that wrote it.
+        per_chunk = max(1, _CHUNK_BYTES // (flat.shape[-1] * 4))
         for start in range(0, flat.shape[1], per_chunk):
             w = weight[start : start + per_chunk]
             if not w.any():
                 continue
-            ce, kl = _ce_kl(flat[:, start : start + per_chunk], targets[start : start + per_chunk])
-            # Rows: CE of clean, each SAE (and zero); KL of each SAE (and zero).
-            ce_sums, kl_sums = (ce @ w).tolist(), (kl @ w).tolist()
+            # Sums of CE of clean, each SAE (and zero); of KL of each SAE (and zero).
+            ce_sums, kl_sums = _ce_kl(flat[:, start : start + per_chunk], targets[start : start + per_chunk], w)
             shared["ce_clean"] += ce_sums[0]
             for i, totals in enumerate(own):
                 totals["ce_sae"] += ce_sums[1 + i]
@@ -206,23 +207,41 @@ def _runs(model: nn.Module, module: nn.Module, ids: Tensor, spliced: Callable[[T
     return torch.stack(runs)
 
 
-def _ce_kl(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-position CE of each run ``[R, n]`` and KL(clean ‖ run) of the spliced runs
-    ``[R − 1, n]``, from logits ``[R, n, V]`` (overwritten when they are float32 already).
+def _ce_kl(logits: Tensor, targets: Tensor, weight: Tensor) -> tuple[list[float], list[float]]:
+    """Weighted sums over positions of each run's CE ``[R]`` and of KL(clean ‖ run) of the
+    spliced runs ``[R − 1]``, from logits ``[R, n, V]`` (overwritten when they are float32
+    already) and position weights ``[n]``.
 
     With s = l − max(l) the shifted logits and Z = Σ_v exp(s_v), log p = s − log Z, so
     CE = log Z − s[target] and KL(p ‖ q) = Σ_v p_v (s_p,v − s_q,v) − log Z_p + log Z_q:
     one exp per logit, and no log-softmax tensor is built.
+
+    Runs are handled one at a time with the same kernels on the same shapes, and their sums
+    are elementwise products reduced in float64: identical logits give bit-identical sums
+    whichever row of the batch they sit in. (A matrix-vector product over all runs does
+    not: its kernel peels each row by its memory alignment, so the zero-ablated row and an
+    SAE returning zeros summed in different orders, and ce_recovered was 2.8e-5, not 0.)
     """
-    shifted = logits.float()
-    shifted.sub_(shifted.amax(dim=-1, keepdim=True))
-    picked = shifted.gather(2, targets.expand(len(shifted), -1).unsqueeze(-1)).squeeze(-1)
-    exp = torch.exp(shifted)
-    log_z = exp.sum(dim=-1).log()  # [R, n]
-    p_clean = exp[0].div_(exp[0].sum(dim=-1, keepdim=True))
-    expected = torch.einsum("nv,rnv->rn", p_clean, shifted)  # Σ_v p_v s_v per run, as a batched matvec
-    kl = expected[0] - expected[1:] - log_z[0] + log_z[1:]
-    return log_z - picked, kl
+    weight = weight.double()
+    ce_sums: list[float] = []
+    kl_sums: list[float] = []
+    for r, run in enumerate(logits):
+        shifted = run.float()
+        shifted.sub_(shifted.amax(dim=-1, keepdim=True))
+        picked = shifted.gather(1, targets.unsqueeze(-1)).squeeze(-1)
+        exp = torch.exp(shifted)
+        z = exp.sum(dim=-1)
+        log_z = z.log()  # [n]
+        ce_sums.append(float(((log_z - picked).double() * weight).sum()))
+        if r == 0:
+            p_clean = exp.div_(z.unsqueeze(-1))
+            expected_clean = shifted.mul_(p_clean).sum(dim=-1)  # Σ_v p_v s_v; the product overwrites s
+            log_z_clean = log_z
+            continue
+        expected = torch.mul(shifted, p_clean, out=exp).sum(dim=-1)  # reuses exp's buffer
+        kl = expected_clean - expected - log_z_clean + log_z
+        kl_sums.append(float((kl.double() * weight).sum()))
+    return ce_sums, kl_sums
 
 
 def _read_baseline(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:

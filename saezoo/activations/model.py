@@ -49,7 +49,15 @@ def resolve_model_dtype(name: str, device: str | torch.device) -> torch.dtype:
     CPU with native bf16 matmuls (AMX or AVX512-BF16) a bf16 forward is about 4x faster than
     float32 (measured on SmolLM2-135M, see benchmarks/README.md); without them bf16 is
     emulated and slower, so ``auto`` keeps float32 there.
+
+    ``SAEZOO_MODEL_DTYPE=float32`` (or ``bfloat16``) decides what ``auto`` means on this
+    machine: the same suite or run can then be checked with the model in either dtype; a
+    dtype set explicitly in the config still wins.
     """
+    if name == "auto":
+        name = os.environ.get("SAEZOO_MODEL_DTYPE") or "auto"
+        if name != "auto" and name not in MODEL_DTYPES:
+            raise UsageError(f"SAEZOO_MODEL_DTYPE must be auto, {' or '.join(MODEL_DTYPES)}; got {name!r}")
     if name != "auto":
         if name not in MODEL_DTYPES:
             raise UsageError(f"model_dtype must be auto, {' or '.join(MODEL_DTYPES)}; got {name!r}")
