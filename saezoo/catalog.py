@@ -163,10 +163,20 @@ def load_entry(entry: Entry, device: str = "cpu") -> SAE:
     return sae.to(device).eval()
 
 
-def register_run(name: str, run_dir: Path, metrics: dict[str, float], description: str = "") -> Path:
+def check_new_name(name: str, force: bool = False) -> None:
+    """Refuse a registry name that is malformed or, without ``force``, already taken (a
+    shipped entry's weights must not be replaced by accident); called before training."""
+    if not NAME_PATTERN.fullmatch(name) or len(name) > 100:
+        raise UsageError(f"registry name {name!r}: use up to 100 lowercase letters, digits, '.', '_' and '-', starting with a letter or digit")
+    directory = registry_dir()
+    taken = [p for p in (directory / f"{name}.toml", directory / "weights" / f"{name}.safetensors") if p.exists()]
+    if taken and not force:
+        raise UsageError(f"registry entry {name!r} already exists ({taken[0]}); choose another name, or add --force to replace it")
+
+
+def register_run(name: str, run_dir: Path, metrics: dict[str, float], description: str = "", force: bool = False) -> Path:
     """Copy a run's weights into the registry and write its manifest (both atomically)."""
-    if not NAME_PATTERN.match(name):
-        raise UsageError(f"registry name {name!r}: use lowercase letters, digits, '.', '_' and '-'")
+    check_new_name(name, force)
     header = ckpt.read_cfg(run_dir)
     directory = registry_dir()
     weights = directory / "weights" / f"{name}.safetensors"

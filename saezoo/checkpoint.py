@@ -20,7 +20,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +85,18 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with NaN and infinities as None: JSON has no form for them (Python's
+    ``NaN`` is not JSON), so files and output meant for other tools use null."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(Path(path).read_text())
@@ -112,8 +126,18 @@ def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file, checksum verified."""
+# Loads a saezoo file that lacks its sha256 anyway (with a notice); see load_tensors.
+ALLOW_UNCHECKED_ENV = "SAEZOO_ALLOW_UNCHECKED_WEIGHTS"
+
+
+def load_tensors(path: Path, checksum: str = "required") -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, checksum verified.
+
+    saezoo writes a sha256 into every file, so one without it (``checksum="required"``) was
+    written or stripped by something else: refused, unless ``$SAEZOO_ALLOW_UNCHECKED_WEIGHTS``
+    is set. Files of other libraries (SAELens has no checksum; ``checksum="optional"``) are
+    checked when they carry one and loaded with a notice when not.
+    """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: missing weights file")
@@ -124,7 +148,14 @@ def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise UsageError(f"{path}: corrupt or truncated safetensors file ({exc}); retrain or restore it") from None
     expected = metadata.get("sha256")
-    if expected is not None and tensor_digest(tensors) != expected:
+    if expected is None:
+        if checksum == "required" and not os.environ.get(ALLOW_UNCHECKED_ENV):
+            raise UsageError(
+                f"{path}: no sha256 in its metadata, so it cannot be checked (saezoo writes one into every file); "
+                f"restore the file, or set {ALLOW_UNCHECKED_ENV}=1 to load it unchecked"
+            )
+        print(f"saezoo: note: {path} carries no sha256; loaded unchecked", file=sys.stderr)
+    elif tensor_digest(tensors) != expected:
         raise UsageError(f"{path}: checksum mismatch, the file was altered or damaged; retrain or restore it")
     return tensors, metadata
 

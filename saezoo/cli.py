@@ -20,7 +20,7 @@ try:  # typer >= 0.20 vendors click; older releases use the click package
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
-from saezoo.errors import SaezooError, UsageError
+from saezoo.errors import SaezooError, TrainingDiverged, UsageError
 
 app = typer.Typer(
     help="A zoo of sparse autoencoders: train, evaluate and compare them side by side.",
@@ -101,6 +101,7 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default: runs/ARCH-TIME).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
     register: Annotated[Optional[str], typer.Option("--register", help="Add the trained SAE to the registry under this name.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --register: replace an existing registry entry of that name.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train one SAE and print its held-out metrics."""
@@ -111,6 +112,12 @@ def train(
     from saezoo.train import train as run_training
 
     distributed.init_from_env()
+    if register is not None:  # before hours of training, not after
+        from saezoo import catalog
+
+        catalog.check_new_name(register, force)
+    elif force:
+        raise UsageError("--force only applies to --register")
 
     if resume is not None:
         header = checkpoint.read_cfg(resume)
@@ -143,9 +150,7 @@ def train(
         return
     _print_metrics(metrics, title=f"{run.architecture} -> {out_dir}")
     if register is not None:
-        from saezoo import catalog
-
-        path = catalog.register_run(register, out_dir, metrics)
+        path = catalog.register_run(register, out_dir, metrics, force=force)
         typer.echo(f"registered as {register}: {path}")
 
 
@@ -168,7 +173,7 @@ def eval_(
     from saezoo.activations.factory import build_source
     from saezoo.config import run_from_dict
     from saezoo.evaluate import full_evaluation
-    from saezoo.train import resolve_device
+    from saezoo.train import nonfinite_result, resolve_device
 
     data_options = {"source": source, "model": model, "hook": hook, "dataset": dataset, "context_length": context_length}
     saelens = export.is_saelens_dir(run_dir)
@@ -183,12 +188,16 @@ def eval_(
     run = run_from_dict(header)
     if tokens is not None and tokens < 1:
         raise UsageError(f"--tokens must be >= 1, got {tokens}")
+    from saezoo.host_memory import check_fits
+
+    n_eval = tokens or run.train.eval_tokens
+    check_fits(n_eval * sae.d_in * 4, f"evaluating on {n_eval:,} tokens ({sae.d_in} float32 values each)")
     if downstream_tokens is not None and downstream_tokens < 0:
         raise UsageError(f"--downstream-tokens must be >= 0, got {downstream_tokens}")
     dev = resolve_device(device or run.train.device)
     # The training token count is part of the cache key; evaluation reads only held-out data.
     src = build_source(run.data, tokens=run.train.steps * run.train.batch_size, seed=run.train.seed, device=str(dev))
-    x = src.eval_activations(tokens or run.train.eval_tokens)
+    x = src.eval_activations(n_eval)
     if x.shape[-1] != sae.d_in:
         raise UsageError(f"{run_dir}: the SAE reads {sae.d_in}-dimensional activations, the data source gives {x.shape[-1]}")
     n_downstream = run.train.downstream_tokens if downstream_tokens is None else downstream_tokens
@@ -196,13 +205,16 @@ def eval_(
     if not saelens:  # a SAELens directory is left as it is
         from saezoo import plots
 
-        checkpoint.write_json(Path(run_dir) / checkpoint.METRICS_FILE, metrics)
+        checkpoint.write_json(Path(run_dir) / checkpoint.METRICS_FILE, checkpoint.json_safe(metrics))
         plots.density_report(density, Path(run_dir))
     if as_json:
-        typer.echo(json.dumps(metrics, sort_keys=True))
+        typer.echo(json.dumps(checkpoint.json_safe(metrics), sort_keys=True, allow_nan=False))
     else:
         title = f"{run_dir} (SAELens {info['saelens_architecture']} as saezoo {info['architecture']})" if saelens else str(run_dir)
         _print_metrics(metrics, title=title)
+    problem = nonfinite_result(sae, metrics)
+    if problem:  # printed (NaN as null), but never an exit 0
+        raise TrainingDiverged(f"{run_dir}: {problem}; these weights are not usable")
 
 
 @app.command()

@@ -9,6 +9,7 @@ report.md, PNG plots, and one TensorBoard run per variant under ``--out``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,8 @@ def _matched_l0(arch: str, target: float) -> tuple[str, list[str]]:
     """How to bring ``arch`` to L0 = target: the target-l0 curriculum, or k itself."""
     from saezoo.plugins import get_plugins
 
+    if not (math.isfinite(target) and target > 0):
+        raise UsageError(f"--target-l0 must be a positive finite number, got {target}")
     cls = get_plugins().architectures.get(arch)
     if "sparsity_scale" in cls.knobs:
         return "target-l0", [f"curriculum.target={target}"]
@@ -220,7 +223,7 @@ def _safe(label: str) -> str:
 
 
 def write_report(report: dict[str, Any], out: Path, densities: dict[str, torch.Tensor]) -> None:
-    checkpoint.write_json(out / "report.json", report)
+    checkpoint.write_json(out / "report.json", checkpoint.json_safe(report))
     variants = report["variants"]
     curves = {label: _loss_curves(Path(v["run_dir"]) / "tb") for label, v in variants.items() if v["run_dir"]}
     plots.training_curves(curves, out / "training_curves.png")

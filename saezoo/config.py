@@ -16,6 +16,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
 import sys
 import textwrap
 import types
@@ -255,9 +256,12 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise UsageError(f"{key}: {value!r} is not a number")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise UsageError(f"{key}: {value!r} is not a number") from None
+        if not math.isfinite(number):  # nan or inf would train silently into NaN weights
+            raise UsageError(f"{key}: {value!r} is not a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise UsageError(f"{key}: {value!r} is not a string")
@@ -294,6 +298,8 @@ def build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 def apply(obj: Any, values: dict[str, Any], where: str) -> Any:
     """A copy of dataclass ``obj`` with ``values`` (nested dicts for nested dataclasses)."""
+    if not isinstance(values, dict):  # e.g. a hand-edited cfg.json with "train": "fast"
+        raise UsageError(f"{where or 'settings'}: expected a table of settings, got {type(values).__name__} {values!r:.60}")
     cls = type(obj)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}

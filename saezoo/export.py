@@ -314,7 +314,7 @@ def import_saelens(path: Path | str) -> tuple[SAE, dict[str, Any]]:
     raw = checkpoint.read_json(path / SAELENS_CFG_FILE, "SAELens config (cfg.json)")
     if not isinstance(raw, dict):
         raise UsageError(f"{path / SAELENS_CFG_FILE}: expected a JSON object")
-    tensors, _ = checkpoint.load_tensors(path / SAELENS_WEIGHTS_FILE)
+    tensors, _ = checkpoint.load_tensors(path / SAELENS_WEIGHTS_FILE, checksum="optional")  # SAELens writes none
     return from_saelens(_normalise_cfg(raw), tensors, path)
 
 

@@ -18,6 +18,9 @@ the kernel, so the resident size stays at its peak, and the peak itself grows a 
 (``saezoo train hsae``: 1.72 GiB against 1.66 GiB; the peers benchmark's flat run: 1.46
 GiB against 1.25). ``SAEZOO_KEEP_FREED_MEMORY=0`` turns this off. On anything but glibc
 (macOS, musl) it does nothing.
+
+:func:`check_fits` is the other side of host memory: a request that cannot fit (``eval
+--tokens`` in the billions) is refused in one line before torch tries to allocate it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ import ctypes
 import ctypes.util
 import os
 import platform
+from pathlib import Path
+
+from saezoo.errors import UsageError
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -46,3 +52,15 @@ def keep_freed_memory() -> bool:
     # be raised past 32 MB), and a trim threshold no heap reaches.
     _done = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     return _done
+
+
+def check_fits(n_bytes: int, what: str) -> None:
+    """Refuse ``what`` when its ``n_bytes`` exceed the memory available (``MemAvailable`` in
+    /proc/meminfo); where that is unknown (not Linux), nothing is checked."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        return
+    if n_bytes > available:
+        raise UsageError(f"{what} needs at least {n_bytes / 2**30:,.1f} GiB of memory, {available / 2**30:,.1f} GiB is available; ask for less")

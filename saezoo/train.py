@@ -36,6 +36,8 @@ from saezoo.sae import SAE, group_slices
 
 # Tokens used to estimate the normalisation scale and initialise data-dependent weights.
 INIT_TOKENS = 16384
+# What --resume reads from state/trainer.json; a file without one of them is damaged.
+TRAINER_KEYS = frozenset({"step", "scale", "nonfinite_total", "nonfinite_run", "stats", "curriculum", "optimizer_param_groups"})
 
 
 class Interrupted(SaezooError):
@@ -135,6 +137,9 @@ class Trainee:
         state_dir = self.out_dir / ckpt.STATE_DIR
         ckpt.remove_temporaries(self.out_dir)
         meta = ckpt.read_json(state_dir / "trainer.json", "trainer state")
+        missing = sorted(TRAINER_KEYS - set(meta)) if isinstance(meta, dict) else ["everything (not a JSON object)"]
+        if missing or not isinstance(meta["step"], int) or not isinstance(meta["optimizer_param_groups"], list):
+            raise UsageError(f"{state_dir / 'trainer.json'}: damaged trainer state (missing or malformed: {', '.join(missing) or 'step or optimizer_param_groups'}); restart the run in a new --out")
         tensors, _ = ckpt.load_tensors(state_dir / "trainer.safetensors")
         ckpt.load_state(self.sae, {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, state_dir)
         opt_state = {
@@ -263,7 +268,7 @@ class Trainee:
         )
         return (
             f"training diverged: {self.nonfinite_run} consecutive non-finite steps at step {self.step} "
-            f"(loss={float(loss):.4g}, {self.nonfinite_total} skipped in all); last finite grad norms: {norms}; "
+            f"(loss={float(loss.detach()):.4g}, {self.nonfinite_total} skipped in all); last finite grad norms: {norms}; "
             f"L0 per group: {l0}" + (f"; {diag}" if diag else "") + f"; {where}"
         )
 
@@ -292,7 +297,7 @@ class Trainee:
         if final and distributed.is_main():
             from saezoo import plots
 
-            ckpt.write_json(self.out_dir / ckpt.METRICS_FILE, metrics)
+            ckpt.write_json(self.out_dir / ckpt.METRICS_FILE, ckpt.json_safe(metrics))
             plots.density_report(density, self.out_dir, self.writer, self.step)
         return metrics
 
@@ -429,6 +434,10 @@ def train_many(
             if i not in failures:
                 t.save_checkpoint()
             metrics = t.evaluate(eval_x, source, final=True, downstream=downstream) if main else {}
+            if i not in failures and (problem := nonfinite_result(t.sae, metrics)):
+                if len(trainees) == 1:  # never exit 0 with weights or metrics that are NaN
+                    raise TrainingDiverged(f"training ended with {problem} ({t.out_dir}); lower train.lr or check the data")
+                failures[i] = problem
             if i in failures:
                 # The weights are the last finite ones: skipped steps never update them.
                 metrics.update({"diverged": 1.0})
@@ -443,6 +452,16 @@ def train_many(
 def train(run: RunConfig, out_dir: Path, source: ActivationSource, resume: bool = False, progress: bool = True) -> dict[str, float]:
     """Train one SAE; return its held-out metrics."""
     return train_many([run], [out_dir], source, resume=resume, progress=progress)[0]
+
+
+def nonfinite_result(sae: torch.nn.Module, metrics: dict[str, float]) -> str | None:
+    """What is not finite in a run's final weights or reconstruction metrics, if anything
+    (the spliced CE/KL may be NaN legitimately: ce_recovered when ablation costs nothing)."""
+    bad = [name for name, p in sae.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        return f"non-finite weights ({', '.join(bad)})"
+    bad = [k for k in ("mse", "explained_variance", "l0") if k in metrics and not math.isfinite(metrics[k])]
+    return f"non-finite metrics ({', '.join(bad)})" if bad else None
 
 
 def _describe(runs: Sequence[RunConfig]) -> str:

@@ -195,12 +195,38 @@ def test_list_and_clear(tmp_path, llama_dir, corpus_file):  # noqa: F811
     assert clear_cache("all", tmp_path) == 1 and list_cache(tmp_path) == []
 
 
-def test_corrupt_shard_is_not_used(tmp_path, llama_dir, corpus_file):  # noqa: F811
-    src = source(llama_dir, corpus_file, tmp_path, n_tokens=600)
-    assert src.d_in == 32
-    shard = next(activations_dir(tmp_path).glob("*/shard-00000.safetensors"))
-    shard.write_bytes(shard.read_bytes()[:100])
-    assert list_cache(tmp_path) == [] and lookup(src._train.manifest["key"], tmp_path) is None
+def _overwrite_4k(path):
+    with open(path, "r+b") as f:  # same size: only the checksum can tell
+        f.seek(200)
+        f.write(b"\xff" * 4096)
+
+
+DAMAGE = {
+    "shard-bytes": ("shard-00000.safetensors", _overwrite_4k, "does not match its sha256"),
+    "truncated-shard": ("shard-00001.safetensors", lambda p: p.write_bytes(p.read_bytes()[:100]), "the manifest says"),
+    "garbled-manifest": ("manifest.json", lambda p: p.write_bytes(b"\xff" * 64), "unreadable manifest"),
+    "manifest-missing-keys": ("manifest.json", lambda p: p.write_text('{"key": {}}'), "unreadable manifest"),
+    "missing-shard": ("shard-00000.safetensors", lambda p: p.unlink(), "is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_cache_entry_is_reported_and_rebuilt(tmp_path, llama_dir, corpus_file, capfd, damage):  # noqa: F811
+    """Damage is found before anything is read, reported in one line, and the entry is
+    harvested again: the next source gives the same activations as before the damage."""
+    first = source(llama_dir, corpus_file, tmp_path, n_tokens=600)
+    before = torch.cat([b for _, b in zip(range(3), first.batches(256))])
+    name, spoil, reason = DAMAGE[damage]
+    [entry] = [e for e in list_cache(tmp_path) if e["split"] == "train"]
+    spoil(activations_dir(tmp_path) / entry["id"] / name)
+    capfd.readouterr()
+    again = source(llama_dir, corpus_file, tmp_path, n_tokens=600)
+    after = torch.cat([b for _, b in zip(range(3), again.batches(256))])
+    notes = [line for line in capfd.readouterr().err.splitlines() if "saezoo: note" in line]
+    assert len(notes) == 1 and entry["id"] in notes[0] and "damaged" in notes[0] and reason in notes[0], notes
+    assert torch.equal(before, after) and again._model is not None  # harvested anew
+    assert lookup(again._train.manifest["key"], tmp_path) is not None
+    assert not [p for p in activations_dir(tmp_path).iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_bad_arguments(tmp_path, llama_dir, corpus_file):  # noqa: F811

@@ -17,6 +17,11 @@ Atomicity: an entry is written into a private temporary directory, the manifest 
 + ``os.replace``), then the directory is renamed into place. A harvest that is killed leaves only
 a ``.tmp-*`` directory, which no lookup reads and the next harvest removes. Entries are never
 modified after publication, so concurrent readers (several ranks, several runs) are safe.
+
+Integrity: the manifest records each shard's size and sha256, checked once per process when the
+entry is looked up. A damaged entry (unreadable or incomplete manifest, a shard missing,
+truncated or altered) is reported in one line on stderr and moved out of the way, so the
+lookup misses and the caller harvests it again; nothing is read from it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,8 +44,8 @@ from torch import Tensor
 
 from saezoo.errors import UsageError
 
-# Bump when a change in harvesting changes what a cache entry holds.
-FORMAT_VERSION = 1
+# Bump when a change in harvesting changes what a cache entry holds (2: shard checksums).
+FORMAT_VERSION = 2
 
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
@@ -86,21 +92,64 @@ class CacheEntry:
 
 
 def lookup(key: dict[str, Any], cache_dir: str | Path | None = None) -> CacheEntry | None:
-    """The complete entry for ``key``, or ``None``."""
-    entry = _read_entry(activations_dir(cache_dir) / key_hash(key))
-    return entry if entry is not None and entry.manifest["key"] == key else None
+    """The complete, intact entry for ``key``, or ``None`` (a damaged one is removed)."""
+    path = activations_dir(cache_dir) / key_hash(key)
+    if not path.is_dir():
+        return None
+    entry, problem = _read_entry(path, verify=True)
+    if problem is not None:
+        _discard(path, problem)
+        return None
+    return entry if entry.manifest["key"] == key else None
 
 
-def _read_entry(path: Path) -> CacheEntry | None:
+# Shard files this process has hashed (or written), by device, inode, size and modification
+# time, which a rename keeps: each is hashed once per process, and again if it was rewritten.
+_verified: set[tuple[int, int, int, int]] = set()
+
+
+def _read_entry(path: Path, verify: bool = False) -> tuple[CacheEntry | None, str | None]:
+    """``(entry, None)``, or ``(None, what is wrong)``; ``verify`` also hashes the shards."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    for shard in manifest.get("shards", []):
-        file = path / shard["file"]
-        if not file.is_file() or file.stat().st_size != shard["bytes"]:
-            return None
-    return CacheEntry(path, manifest)
+        shards = manifest["shards"]
+        checks = [(str(shard["file"]), int(shard["bytes"]), str(shard["sha256"])) for shard in shards]
+        _ = (manifest["key"], manifest["n_tokens"], manifest["d_in"], [int(shard["n"]) for shard in shards])
+    except FileNotFoundError:
+        return None, "no manifest"
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        return None, f"unreadable manifest ({type(exc).__name__}: {exc})"
+    for name, size, digest in checks:
+        file = path / name
+        if Path(name).name != name or not file.is_file():
+            return None, f"shard {name} is missing"
+        stat = file.stat()
+        if stat.st_size != size:
+            return None, f"shard {name} has {stat.st_size} bytes, the manifest says {size}"
+        stamp = _stamp(stat)
+        if verify and stamp not in _verified:
+            from saezoo.catalog import file_sha256  # imported late: saezoo.checkpoint imports this package
+
+            if file_sha256(file) != digest:
+                return None, f"shard {name} does not match its sha256"
+            _verified.add(stamp)
+    return CacheEntry(path, manifest), None
+
+
+def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _discard(path: Path, problem: str) -> None:
+    """Report a damaged entry in one line and move it aside (then delete it), so that it is
+    harvested again; a rename is atomic, so a concurrent reader sees the entry or nothing."""
+    print(f"saezoo: note: activation cache entry {path} is damaged ({problem}); harvesting it again", file=sys.stderr)
+    aside = path.with_name(f"{_TMP_PREFIX}{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return  # another process moved it first
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 class CacheWriter:
@@ -108,12 +157,18 @@ class CacheWriter:
 
     def __init__(self, key: dict[str, Any], cache_dir: str | Path | None = None, shard_tokens: int = 65536):
         self.root = activations_dir(cache_dir)
-        self.root.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp(self.root)
         self.key = key
         self.name = key_hash(key)
         self.tmp = self.root / f"{_TMP_PREFIX}{self.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _remove_stale_tmp(self.root)
+            self.tmp.mkdir()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write the activation cache in {self.root} ({exc.strerror or exc}); "
+                "point SAEZOO_CACHE (or data.cache_dir) at a writable directory, or set data.cache=false"
+            ) from None
         self.shard_tokens = shard_tokens
         self.shards: list[dict[str, Any]] = []
         self.pending: list[Tensor] = []
@@ -131,40 +186,38 @@ class CacheWriter:
             self.pending, self.pending_tokens = ([rest] if len(rest) else []), len(rest)
 
     def _write_shard(self, data: Tensor) -> None:
+        from saezoo.catalog import file_sha256
+
         file = f"shard-{len(self.shards):05d}.safetensors"
         save_file({"activations": data.contiguous()}, self.tmp / file)
-        self.shards.append({"file": file, "n": len(data), "bytes": (self.tmp / file).stat().st_size})
+        stat, digest = (self.tmp / file).stat(), file_sha256(self.tmp / file)
+        _verified.add(_stamp(stat))
+        self.shards.append({"file": file, "n": len(data), "bytes": stat.st_size, "sha256": digest})
 
     def publish(self, meta: dict[str, Any]) -> CacheEntry:
         """Flush, write the manifest last, and move the entry into place."""
+        from saezoo.checkpoint import write_json
+
         if self.pending_tokens:
             self._write_shard(torch.cat(self.pending))
             self.pending, self.pending_tokens = [], 0
         manifest = {"key": self.key, "n_tokens": self.n_tokens, "shards": self.shards, "created": time.time(), **meta}
-        _write_json_atomic(self.tmp / MANIFEST, manifest)
+        write_json(self.tmp / MANIFEST, manifest)
         final = self.root / self.name
         try:
             os.rename(self.tmp, final)
         except OSError:
             # Another process published the same entry first; theirs holds the same data.
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            entry = _read_entry(final)
-            if entry is None:
-                raise
-            return entry
+            entry, problem = _read_entry(final, verify=True)
+            if problem is None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return entry
+            _discard(final, problem)  # a damaged entry in the way: ours replaces it
+            os.rename(self.tmp, final)
         return CacheEntry(final, manifest)
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _remove_stale_tmp(root: Path) -> None:
@@ -193,7 +246,7 @@ def _entries(root: Path) -> Iterator[tuple[Path, CacheEntry | None]]:
     if root.is_dir():
         for path in sorted(root.iterdir()):
             if path.is_dir() and not path.name.startswith(_TMP_PREFIX):
-                yield path, _read_entry(path)
+                yield path, _read_entry(path)[0]
 
 
 def list_cache(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:

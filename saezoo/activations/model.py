@@ -118,6 +118,9 @@ def resolve_hook(model: nn.Module, hook: str | None) -> str:
         return default_hook(model)
     names = [name for name, _ in model.named_modules() if name]
     if hook in names:
+        # A probe of two 3-token contexts, before any harvest starts: the module must give
+        # one vector per token (a rotary table gives one per position, shared by the batch).
+        hooked_activations(model, hook, torch.zeros(2, 3, dtype=torch.long))
         return hook
     close = difflib.get_close_matches(hook, names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -159,8 +162,16 @@ def hooked_activations(model: nn.Module, hook: str, input_ids: Tensor) -> Tensor
         handle.remove()
     if not captured:
         raise UsageError(f"module {hook!r} did not run in the forward pass; choose another --hook")
+    out = captured[0]
+    if not (isinstance(out, Tensor) and out.is_floating_point() and out.dim() == 3 and out.shape[:2] == input_ids.shape):
+        # The whole model, a rotary table, a mask: not one activation vector per token.
+        what = f"a tensor of shape {list(out.shape)}" if isinstance(out, Tensor) else f"a {type(out).__name__}"
+        raise UsageError(
+            f"module {hook!r} outputs {what}, not one activation vector per token ({list(input_ids.shape)} + [d]); "
+            f"hook a layer, e.g. {default_hook(model)}"
+        )
     # Copied outside inference mode: an inference tensor cannot enter the SAE's autograd graph.
-    return captured[0].to(device="cpu", dtype=torch.float32, copy=True)
+    return out.to(device="cpu", dtype=torch.float32, copy=True)
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -47,7 +47,7 @@ def iter_documents(dataset: str, text_column: str = "text") -> Iterator[str]:
         return
     rows = _open_with_datasets(dataset, plugins.datasets.names())
     first = True
-    for row in rows:
+    for row in _read_rows(rows, dataset):
         if first and text_column not in row:
             raise UsageError(
                 f"dataset {dataset!r} has no column {text_column!r} (columns: {', '.join(row)}); "
@@ -59,8 +59,27 @@ def iter_documents(dataset: str, text_column: str = "text") -> Iterator[str]:
             yield text
 
 
+def _read_rows(rows: Iterable[dict], dataset: str) -> Iterator[dict]:
+    """``rows``, with a failure to parse them (random bytes, a malformed line: datasets and
+    pyarrow raise many types, read lazily as the stream goes) as one clear error."""
+    iterator = iter(rows)
+    while True:
+        try:
+            row = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise UsageError(f"dataset {dataset!r}: cannot parse it ({type(exc).__name__}: {detail}); is it text of the format its extension says?") from None
+        yield row
+
+
 def _open_with_datasets(dataset: str, registered: list[str]) -> Iterable[dict]:
     from datasets import load_dataset
+    from datasets.utils import logging as ds_logging
+
+    # Its loaders log a parse failure before raising it; saezoo reports it in one line itself.
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
 
     path = Path(dataset).expanduser()
     if path.exists():
