@@ -136,7 +136,7 @@ def list_entries() -> list[Entry]:
 
 def get_entry(name: str) -> Entry:
     path = registry_dir() / f"{name}.toml"
-    if not path.exists():
+    if not NAME_PATTERN.fullmatch(name) or not path.exists():  # the pattern keeps "../x" inside the registry
         raise unknown_name("registry entry", name, [e.name for e in list_entries()])
     return read_manifest(path)
 

@@ -433,9 +433,18 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
     Console().print(table)
 
 
+def _refuse_empty_arguments(args: list[str]) -> None:
+    """No saezoo argument means anything when empty, and click would turn ``--out ""``
+    into the current directory, filling it with a run."""
+    for i, arg in enumerate(args):
+        if not arg.strip():
+            raise UsageError(f"empty argument{f' after {args[i - 1]}' if i else ''}: give it a value")
+
+
 def main() -> None:
     """Console entry point: one line on stderr and a meaningful exit code for every known error."""
     try:
+        _refuse_empty_arguments(sys.argv[1:])
         app(standalone_mode=False)
     except SaezooError as exc:
         print(f"saezoo: error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line

@@ -168,6 +168,15 @@ def test_registry_round_trip_and_validation(tmp_path, monkeypatch):
     torch.testing.assert_close(sae.encode(x), load_sae(run)[0].encode(x))
     listing = run_cli("registry", "list")
     assert "tiny-flat" in listing.stdout
+    # The name is taken: replacing the entry needs force (the CLI checks before training).
+    manifest = entry.manifest.read_bytes()
+    with pytest.raises(UsageError, match="'tiny-flat' already exists.*--force"):
+        catalog.register_run("tiny-flat", run, {"explained_variance": 0.5})
+    assert entry.manifest.read_bytes() == manifest
+    catalog.register_run("tiny-flat", run, {"explained_variance": 0.5}, force=True)
+    assert catalog.get_entry("tiny-flat").metrics == {"explained_variance": 0.5}
+    with pytest.raises(UsageError, match="unknown registry entry '../registry/tiny-flat'"):
+        catalog.get_entry("../registry/tiny-flat")  # a name cannot reach outside the registry
     # A comparison evaluates the registry entry on the same tokens instead of retraining it.
     cmp_args = ["compare", "flat", "tiny-flat", "--source", "synthetic", "--steps", "10", "--out", str(tmp_path / "cmp"), "-q"]
     for s in FAST_SETS:

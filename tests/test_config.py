@@ -73,6 +73,51 @@ def test_resolve_run_errors(sets, needle):
         resolve_run("flat", sets=sets)
 
 
+@pytest.mark.parametrize("sets", [["sae.l1_coefficient=nan"], ["train.lr=inf"], ["train.betas=0.9,nan"],
+                                  ["data.max_norm_multiple=-inf"], ["train.grad_clip=NaN"]])
+def test_non_finite_numbers_are_refused(sets):
+    """NaN or infinity in any float setting would train into NaN weights and exit 0."""
+    with pytest.raises(UsageError, match="is not a finite number"):
+        resolve_run("flat", sets=sets)
+
+
+def test_non_finite_numbers_are_refused_in_files_and_curricula(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text("[curriculum]\ntarget = nan\n")  # TOML has nan and inf literals
+    with pytest.raises(UsageError, match="curriculum.target: nan is not a finite number"):
+        resolve_run("hsae", curriculum="target-l0", config_file=toml)
+    with pytest.raises(UsageError, match="curriculum.target: 'inf' is not a finite number"):
+        resolve_run("hsae", curriculum="target-l0", sets=["curriculum.target=inf"])
+
+
+def test_a_section_that_is_not_a_table_is_refused():
+    from saezoo.config import run_from_dict
+
+    data = resolve_run("flat").to_dict()
+    with pytest.raises(UsageError, match="^train: expected a table of settings, got str 'fast'"):
+        run_from_dict({**data, "train": "fast"})
+    with pytest.raises(UsageError, match="^data: expected a table of settings, got list"):
+        run_from_dict({**data, "data": [1]})
+
+
+def test_model_dtype_switch(monkeypatch):
+    """SAEZOO_MODEL_DTYPE says what auto means (the suite runs under both); an explicit dtype wins."""
+    import torch
+
+    from saezoo.activations.model import resolve_model_dtype
+
+    monkeypatch.setenv("SAEZOO_MODEL_DTYPE", "float32")
+    assert resolve_model_dtype("auto", "cuda") is torch.float32
+    assert resolve_model_dtype("bfloat16", "cpu") is torch.bfloat16
+    monkeypatch.setenv("SAEZOO_MODEL_DTYPE", "bfloat16")
+    assert resolve_model_dtype("auto", "cpu") is torch.bfloat16
+    monkeypatch.setenv("SAEZOO_MODEL_DTYPE", "auto")
+    assert resolve_model_dtype("auto", "cuda") is torch.bfloat16
+    monkeypatch.setenv("SAEZOO_MODEL_DTYPE", "half")
+    with pytest.raises(UsageError, match="SAEZOO_MODEL_DTYPE must be auto, float32 or bfloat16; got 'half'"):
+        resolve_model_dtype("auto", "cpu")
+
+
 def test_unknown_preset_and_curriculum():
     with pytest.raises(UsageError, match="unknown preset"):
         resolve_run("flat", preset="fancy")

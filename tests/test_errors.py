@@ -168,6 +168,56 @@ def case(env, row: str):
         return ["registry", "show", "nope"], {}, ["unknown registry entry 'nope'"]
     if row == "unknown-kind":
         return ["list", "gizmos"], {}, ["unknown kind 'gizmos'"]
+    if row == "non-finite-setting":
+        return ["train", "flat", *SYN, "--set", "sae.l1_coefficient=nan"], {}, ["sae.l1_coefficient: 'nan' is not a finite number"]
+    if row == "cfg-section-not-table":
+        run = copy_run(env, "cfgtrain")
+        edit_cfg(run, lambda c: c.update(train="fast"))
+        return ["eval", str(run)], {}, ["train: expected a table of settings"]
+    if row == "damaged-trainer-state":
+        run = copy_run(env, "trainerstate")
+        state = run / "state" / "trainer.json"
+        state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "scale"}))
+        return ["train", "--resume", str(run), "-q"], {}, ["damaged trainer state", "scale"]
+    if row == "unchecked-weights":
+        from safetensors.torch import load_file, save_file
+
+        run = copy_run(env, "unchecked")
+        weights = run / "sae.safetensors"
+        save_file({k: v * 100 for k, v in load_file(weights).items()}, weights)  # no sha256 in the metadata
+        return ["eval", str(run)], {}, ["no sha256", "SAEZOO_ALLOW_UNCHECKED_WEIGHTS=1"]
+    if row == "registry-name-taken":
+        registry = r / "registry"
+        registry.mkdir(exist_ok=True)
+        (registry / "smollm2-flat.toml").write_bytes((ROOT / "registry" / "smollm2-flat.toml").read_bytes())
+        args = ["train", "flat", *SYN, "--out", str(r / "taken"), "--register", "smollm2-flat"]
+        return args, {"SAEZOO_REGISTRY": str(registry)}, ["'smollm2-flat' already exists", "--force"]
+    if row == "bad-registry-name":
+        return ["train", "flat", *SYN, "--out", str(r / "badname"), "--register", "../evil"], {}, ["registry name '../evil'"]
+    if row == "force-without-register":
+        return ["train", "flat", *SYN, "--out", str(r / "force"), "--force"], {}, ["--force only applies to --register"]
+    if row == "unparsable-dataset":
+        noise = r / "noise.txt"
+        noise.write_bytes(bytes(range(128, 256)) * 32)  # not UTF-8
+        return ["train", "flat", *model[:2], "--dataset", str(noise), *model[4:], "--out", str(r / "noise")], {}, ["noise.txt", "cannot parse it"]
+    if row == "malformed-jsonl":
+        bad = r / "bad.jsonl"
+        bad.write_text('{"text": "fine"}\n{not json\n')
+        return ["train", "flat", *model[:2], "--dataset", str(bad), *model[4:], "--out", str(r / "badjsonl")], {}, ["bad.jsonl", "cannot parse it"]
+    if row == "hook-not-a-layer":
+        return ["train", "flat", *model, "--hook", "model", "--out", str(r / "hookmodel")], {}, ["module 'model' outputs", "model.layers.1"]
+    if row == "hook-not-per-token":
+        return ["train", "flat", *model, "--hook", "model.rotary_emb", "--out", str(r / "hookrot")], {}, ["module 'model.rotary_emb' outputs", "per token"]
+    if row == "cache-not-writable":
+        return ["train", "flat", *model, "--out", str(r / "rocache")], {"SAEZOO_CACHE": "/etc/hostname/cache"}, ["cannot write the activation cache", "SAEZOO_CACHE"]
+    if row == "bad-model-dtype-env":
+        return ["train", "flat", *model, "--out", str(r / "f16")], {"SAEZOO_MODEL_DTYPE": "float16"}, ["SAEZOO_MODEL_DTYPE must be", "'float16'"]
+    if row == "bad-target-l0":
+        return ["compare", "flat", "topk", *SYN, "--target-l0", "nan", "--out", str(r / "tl0")], {}, ["--target-l0 must be a positive finite number"]
+    if row == "beyond-memory":
+        return ["eval", str(env["run"]), "--tokens", "100000000000"], {}, ["100,000,000,000 tokens", "GiB is available"]
+    if row == "empty-argument":
+        return ["train", "flat", *SYN, "--out", ""], {}, ["empty argument after --out"]
     raise KeyError(row)
 
 

@@ -226,6 +226,27 @@ def test_import_reproduces_saelens(arch, extra, tmp_path):
     assert not any(t.is_meta for t in sae.state_dict().values())
 
 
+def test_a_missing_checksum_is_explicit(tmp_path, capfd, monkeypatch):
+    """SAELens writes no sha256: its files load with a notice. A saezoo run's weights always
+    carry one, so a file without it (weights x100 with the metadata stripped) is refused,
+    unless SAEZOO_ALLOW_UNCHECKED_WEIGHTS is set."""
+    cfg, tensors = random_saelens("standard")
+    write_saelens(tmp_path / "sl", cfg, tensors)
+    capfd.readouterr()
+    export.import_saelens(tmp_path / "sl")
+    assert capfd.readouterr().err.strip() == f"saezoo: note: {tmp_path / 'sl' / 'sae_weights.safetensors'} carries no sha256; loaded unchecked"
+
+    weights = tmp_path / "sae.safetensors"
+    checkpoint.save_tensors(weights, {"w": torch.ones(3)})
+    assert checkpoint.load_tensors(weights)[0]["w"].sum() == 3 and capfd.readouterr().err == ""
+    save_file({"w": torch.full((3,), 100.0)}, str(weights))
+    with pytest.raises(UsageError, match="no sha256 in its metadata.*SAEZOO_ALLOW_UNCHECKED_WEIGHTS=1"):
+        checkpoint.load_tensors(weights)
+    monkeypatch.setenv("SAEZOO_ALLOW_UNCHECKED_WEIGHTS", "1")
+    assert checkpoint.load_tensors(weights)[0]["w"].sum() == 300
+    assert "carries no sha256; loaded unchecked" in capfd.readouterr().err
+
+
 def test_import_of_a_pre_6_config(tmp_path):
     cfg, tensors = random_saelens("topk")
     old = {k: v for k, v in cfg.items() if k not in ("architecture", "metadata", "k", "reshape_activations")}
