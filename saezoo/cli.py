@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -441,6 +442,19 @@ def _refuse_empty_arguments(args: list[str]) -> None:
             raise UsageError(f"empty argument{f' after {args[i - 1]}' if i else ''}: give it a value")
 
 
+def _allocation_failure(exc: RuntimeError) -> str | None:
+    """What a failed allocation asked for (an absurd --set sae.expansion_factor), or None
+    when ``exc`` is another error, which keeps its traceback."""
+    text = str(exc)
+    if type(exc).__name__ != "OutOfMemoryError" and "can't allocate memory" not in text:
+        return None
+    match = re.search(r"allocate ([0-9.]+) ?(bytes|[KMGT]iB)", text)
+    if match is None:
+        return "an allocation failed"
+    amount = float(match[1]) / 2**30 if match[2] == "bytes" else float(match[1]) / {"KiB": 2**20, "MiB": 2**10, "GiB": 1, "TiB": 2**-10}[match[2]]
+    return f"{amount:,.1f} GiB asked for at once"
+
+
 def main() -> None:
     """Console entry point: one line on stderr and a meaningful exit code for every known error."""
     try:
@@ -451,6 +465,12 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click_exceptions.UsageError as exc:
         print(f"saezoo: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as exc:  # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA)
+        asked = _allocation_failure(exc)
+        if asked is None:
+            raise
+        print(f"saezoo: error: out of memory ({asked}); ask for less: a smaller width, batch size or token count", file=sys.stderr)
         sys.exit(2)
     except typer.Abort:
         print("saezoo: aborted", file=sys.stderr)

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from saezoo.activations.cache import cache_root, key_hash
 from saezoo.checkpoint import write_json
+from saezoo.errors import UsageError
 from saezoo.sae import SAE
 
 
@@ -147,12 +148,17 @@ def spliced_metrics_many(
             totals["norm_ratio"] += ratio
         spliced_tokens += int(state["keep"].sum())
     if baseline:
-        if baseline["positions"] != positions:
-            raise RuntimeError(f"{baseline_file}: cached baseline counts {baseline['positions']} positions, this run {positions}")
+        if baseline["positions"] != positions:  # altered by hand: its sums cannot be trusted
+            baseline_file.unlink(missing_ok=True)
+            raise UsageError(f"{baseline_file}: damaged cached baseline ({baseline['positions']} positions, this run {positions}); removed it, run again")
         shared["ce_zero"], shared["kl_zero"] = baseline["ce_zero"], baseline["kl_zero"]
     elif baseline_file is not None:
-        # Atomic (temp file + rename): a killed run leaves no half-written baseline.
-        write_json(baseline_file, {"key": key, "sums": {"positions": positions, "ce_zero": shared["ce_zero"], "kl_zero": shared["kl_zero"]}})
+        # Atomic (temp file + rename): a killed run leaves no half-written baseline. It only
+        # saves time, so a cache that cannot be written (read-only, full) is not an error.
+        try:
+            write_json(baseline_file, {"key": key, "sums": {"positions": positions, "ce_zero": shared["ce_zero"], "kl_zero": shared["kl_zero"]}})
+        except (OSError, UsageError):
+            pass
     return [_finish(shared, totals, positions, spliced_tokens) for totals in own]
 
 
@@ -247,6 +253,9 @@ def _ce_kl(logits: Tensor, targets: Tensor, weight: Tensor) -> tuple[list[float]
 def _read_baseline(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     try:
         stored = json.loads(path.read_text())
-    except (OSError, ValueError):
+        sums = stored["sums"] if stored.get("key") == key else None
+        if sums is not None and not all(isinstance(sums[k], (int, float)) for k in ("positions", "ce_zero", "kl_zero")):
+            return None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):  # damaged: recomputed (and rewritten)
         return None
-    return stored["sums"] if stored.get("key") == key else None
+    return sums

@@ -172,6 +172,27 @@ def test_cached_baseline_skips_the_ablated_run(tiny_model, contexts, tmp_path):
         assert second[name] == pytest.approx(uncached[name], rel=1e-4, abs=1e-6), name  # batch shapes differ
 
 
+def test_a_damaged_cached_baseline_is_never_used(tiny_model, contexts, tmp_path):
+    """Garbage in the baseline file: recomputed. Sums that do not fit the contexts: refused
+    in one line, and the file removed so that the next evaluation recomputes it."""
+    import json
+
+    from saezoo.errors import UsageError
+
+    key, sae = {"model": "tiny"}, FnSAE(32, lambda x: 0.5 * x)
+    first = spliced_metrics(tiny_model, tiny_model.hook_name, sae, *contexts, baseline_key=key, cache_dir=tmp_path)
+    [file] = (tmp_path / "downstream").glob("*.json")
+    stored = json.loads(file.read_text())
+    file.write_text("[1, 2]")
+    again = spliced_metrics(tiny_model, tiny_model.hook_name, sae, *contexts, baseline_key=key, cache_dir=tmp_path)
+    assert again == first and json.loads(file.read_text()) == stored
+    stored["sums"]["positions"] += 1
+    file.write_text(json.dumps(stored))
+    with pytest.raises(UsageError, match="damaged cached baseline"):
+        spliced_metrics(tiny_model, tiny_model.hook_name, sae, *contexts, baseline_key=key, cache_dir=tmp_path)
+    assert not file.exists()
+
+
 def test_several_saes_share_the_clean_and_ablated_runs(tiny_model, contexts):
     """Two SAEs in one call: 6 contexts x (clean + 2 SAEs + zero) rows above the hook, and
     each SAE's metrics equal those of evaluating it alone."""

@@ -218,6 +218,8 @@ def case(env, row: str):
         return ["eval", str(env["run"]), "--tokens", "100000000000"], {}, ["100,000,000,000 tokens", "GiB is available"]
     if row == "empty-argument":
         return ["train", "flat", *SYN, "--out", ""], {}, ["empty argument after --out"]
+    if row == "out-of-memory":  # 16 PB: beyond any address space, so malloc fails whatever the overcommit policy
+        return ["train", "flat", *SYN, "--set", "sae.expansion_factor=1000000000000", "--out", str(r / "oom")], {}, ["out of memory", "GiB asked for at once"]
     raise KeyError(row)
 
 
