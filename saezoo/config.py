@@ -243,7 +243,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise UsageError(f"{key}: {value!r} is not an integer")
         try:
-            return int(value) if not isinstance(value, str) else int(value.replace("_", ""))
+            number = int(value) if not isinstance(value, str) else int(value.replace("_", ""))
+            if abs(number) >= 2**63:  # no count or seed is that large; torch would overflow on it
+                raise UsageError(f"{key}: {value!r} is out of range (at most 2**63 - 1)")
+            return number
         except ValueError:
             try:
                 as_float = float(value)

@@ -33,7 +33,8 @@ def test_coerce(value, tp, expected):
 
 @pytest.mark.parametrize(
     ("value", "tp"),
-    [("abc", int), ("1.5", int), ("x", float), ("maybe", bool), ("square", Literal["linear", "cubic"]), ("1,2,3", tuple[float, float])],
+    [("abc", int), ("1.5", int), ("x", float), ("maybe", bool), ("square", Literal["linear", "cubic"]), ("1,2,3", tuple[float, float]),
+     ("99999999999999999999", int), (10**30, int), ("nan", float), ("-inf", float)],
 )
 def test_coerce_rejects(value, tp):
     with pytest.raises(UsageError, match="^k: "):

@@ -220,6 +220,8 @@ def case(env, row: str):
         return ["train", "flat", *SYN, "--out", ""], {}, ["empty argument after --out"]
     if row == "out-of-memory":  # 16 PB: beyond any address space, so malloc fails whatever the overcommit policy
         return ["train", "flat", *SYN, "--set", "sae.expansion_factor=1000000000000", "--out", str(r / "oom")], {}, ["out of memory", "GiB asked for at once"]
+    if row == "int-out-of-range":
+        return ["train", "flat", *SYN, "--seed", "99999999999999999999", "--out", str(r / "bigseed")], {}, ["train.seed", "out of range"]
     raise KeyError(row)
 
 
