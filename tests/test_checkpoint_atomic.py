@@ -30,6 +30,7 @@ EXTRA = ["--set", "train.checkpoint_every=5", "--set", "train.seed=11"]
 #   save N     while checkpoint N is written (before its files)
 #   eval 0     as the final evaluation begins
 #   cfg 0      right after cfg.json is written, before the first checkpoint
+#   score 0    as `saezoo eval` begins to evaluate
 DRIVER = """
 import os, signal, sys
 import saezoo.cli, saezoo.train
@@ -59,6 +60,13 @@ elif mode == "cfg":
         if path.name == "cfg.json":
             term()
     ckpt.write_json = write_json
+elif mode == "score":
+    import saezoo.evaluate
+    real_score = saezoo.evaluate.full_evaluation
+    def full_evaluation(*args, **kwargs):
+        term()
+        return real_score(*args, **kwargs)
+    saezoo.evaluate.full_evaluation = full_evaluation
 saezoo.cli.main()
 """
 
@@ -168,6 +176,7 @@ def test_run_stopped_before_its_first_checkpoint_resumes_from_step_0(tmp_path, r
     assert sorted(p.name for p in (run / "state").iterdir()) == [ckpt.CURRENT, ckpt.step_dir_name(STEPS)]
 
 
+@pytest.mark.slow
 def test_second_process_refuses_and_a_killed_holder_leaves_no_lock(tmp_path):
     run = tmp_path / "run"
     first = subprocess.Popen(
@@ -194,3 +203,10 @@ def test_second_process_refuses_and_a_killed_holder_leaves_no_lock(tmp_path):
     finally:
         os.close(fd)
     assert checkpoint_view(run)[1] is None
+
+
+def test_sigterm_stops_any_command_with_exit_130(reference):
+    before = (reference / ckpt.METRICS_FILE).read_bytes()
+    line = one_line(drive("score", 0, "eval", str(reference)), 130)
+    assert line == "saezoo: interrupted by SIGINT or SIGTERM"
+    assert (reference / ckpt.METRICS_FILE).read_bytes() == before
