@@ -438,7 +438,8 @@ def main() -> None:
     # silent 143; training refines it (see saezoo.train.StopSignals).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        app(standalone_mode=False)
+        # Typer turns a KeyboardInterrupt inside a command into the return value 130.
+        interrupted = app(standalone_mode=False) == 130
     except SaezooError as exc:
         print(f"saezoo: error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
         sys.exit(exc.exit_code)
@@ -449,6 +450,8 @@ def main() -> None:
         print("saezoo: aborted", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:
+        interrupted = True
+    if interrupted:
         print("saezoo: interrupted by SIGINT or SIGTERM", file=sys.stderr)
         sys.exit(130)
 

@@ -381,6 +381,10 @@ class StopSignals:
         finally:
             self.deferring = False
 
+    @property
+    def name(self) -> str:
+        return self.received[0] if self.received else "a stop signal"  # it came to another rank
+
     def any_received(self, device: torch.device) -> bool:
         """Whether any rank received a signal (every rank must ask at the same point)."""
         return bool(distributed.any_rank(torch.tensor([len(self.received)], device=device)).item())
@@ -443,7 +447,7 @@ def train_many(
                         if i not in failures:
                             t.save_checkpoint()
                 if stop.any_received(device):
-                    raise Interrupted(stopped_message(stop.received[0] if stop.received else "a stop signal", trainees))
+                    raise Interrupted(stopped_message(stop.name, trainees))
                 during = "the final evaluation"
                 results = []
                 for i, t in enumerate(trainees):
@@ -455,7 +459,7 @@ def train_many(
                     results.append(metrics)
                 return results
             except KeyboardInterrupt:
-                raise Interrupted(stopped_message(stop.received[0] if stop.received else "SIGINT", trainees, during)) from None
+                raise Interrupted(stopped_message(stop.name, trainees, during)) from None
     finally:
         for t in trainees:
             t.close()
@@ -502,7 +506,7 @@ def _train_loop(
             if stop.any_received(device):
                 for t in trainees:
                     t.save_checkpoint()
-                raise Interrupted(stopped_message(stop.received[0] if stop.received else "a stop signal", trainees))
+                raise Interrupted(stopped_message(stop.name, trainees))
             if (step + 1) % train_cfg.log_every == 0 or step + 1 == steps:
                 elapsed = max(time.perf_counter() - t0, 1e-9)
                 bar.update(task, completed=step + 1, tps=tokens_done / elapsed, info=_loss_text(trainees))

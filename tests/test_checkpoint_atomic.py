@@ -28,9 +28,8 @@ EXTRA = ["--set", "train.checkpoint_every=5", "--set", "train.seed=11"]
 
 # Runs the CLI with SIGTERM sent to itself at one instant: MODE AT ARGS...
 #   save N     while checkpoint N is written (before its files)
-#   eval 0     as the final evaluation begins
+#   eval 0     as the final evaluation of a run, or `saezoo eval`, begins
 #   cfg 0      right after cfg.json is written, before the first checkpoint
-#   score 0    as `saezoo eval` begins to evaluate
 DRIVER = """
 import os, signal, sys
 import saezoo.cli, saezoo.train
@@ -48,11 +47,12 @@ if mode == "save":
         real_write(run_dir, step, term_then_write)
     ckpt.write_checkpoint = write_checkpoint
 elif mode == "eval":
-    real_eval = saezoo.train.full_evaluation
+    import saezoo.evaluate
+    real_eval = saezoo.evaluate.full_evaluation
     def full_evaluation(*args, **kwargs):
         term()
         return real_eval(*args, **kwargs)
-    saezoo.train.full_evaluation = full_evaluation
+    saezoo.evaluate.full_evaluation = saezoo.train.full_evaluation = full_evaluation
 elif mode == "cfg":
     real_json = ckpt.write_json
     def write_json(path, data):
@@ -60,13 +60,6 @@ elif mode == "cfg":
         if path.name == "cfg.json":
             term()
     ckpt.write_json = write_json
-elif mode == "score":
-    import saezoo.evaluate
-    real_score = saezoo.evaluate.full_evaluation
-    def full_evaluation(*args, **kwargs):
-        term()
-        return real_score(*args, **kwargs)
-    saezoo.evaluate.full_evaluation = full_evaluation
 saezoo.cli.main()
 """
 
@@ -207,6 +200,6 @@ def test_second_process_refuses_and_a_killed_holder_leaves_no_lock(tmp_path):
 
 def test_sigterm_stops_any_command_with_exit_130(reference):
     before = (reference / ckpt.METRICS_FILE).read_bytes()
-    line = one_line(drive("score", 0, "eval", str(reference)), 130)
+    line = one_line(drive("eval", 0, "eval", str(reference)), 130)
     assert line == "saezoo: interrupted by SIGINT or SIGTERM"
     assert (reference / ckpt.METRICS_FILE).read_bytes() == before
