@@ -225,7 +225,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise UsageError(f"{run_dir}: cannot write into the run directory ({exc.strerror})") from None
+        raise UsageError(f"{path}: cannot open the run directory's lock file ({exc.strerror}); remove it if it is not a file") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -111,7 +111,7 @@ def test_sigkill_inside_checkpoint_writing_never_tears_it(tmp_path):
     print(f"seed {seed}: {out}")
     assert "error" not in out, out
     assert out["tries"] == 30
-    assert out["inside_checkpoint"] >= 20, out  # the kills did land inside checkpoint writing
+    assert out["inside_checkpoint"] >= out["tries"] // 2, out  # most kills did land inside checkpoint writing
     assert out["torn"] == 0, out["torn_examples"]
     assert out["rollbacks"] == 0
     assert out["eval_rc"] == (0 if out["steps"][-1] is not None else 2)

@@ -167,6 +167,11 @@ def case(env, row: str):
         run.mkdir(exist_ok=True)
         (run / "cfg.json").write_text((env["run"] / "cfg.json").read_text())
         return ["eval", str(run)], {}, ["no weights yet", f"saezoo train --resume {run}"]
+    if row == "lock-file-unusable":
+        run = copy_run(env, "lockdir", symlinks=True)
+        (run / ".lock").unlink()
+        (run / ".lock").mkdir()
+        return ["train", "--resume", str(run), "-q"], {}, ["lock file", "Is a directory"]
     if row == "run-in-use":
         import fcntl
         import os
