@@ -105,7 +105,7 @@ def point(link: Path, target: str) -> None:
 
 
 def remove_temporaries(directory: Path) -> None:
-    """Delete what a killed :func:`atomic_write` left behind (never a finished file)."""
+    """Delete what a killed :func:`atomic_write` or :func:`point` left behind (never a finished file)."""
     for tmp in Path(directory).rglob(".*.tmp"):
         tmp.unlink(missing_ok=True)
 
