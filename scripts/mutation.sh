@@ -112,19 +112,22 @@ if [ -z "${MUTATION_SAMPLE:-}" ]; then
 else
   # A random sample of MUTATION_SAMPLE mutants (seed MUTATION_SEED, default 0): the same
   # source gives the same sample, so runs before and after a test change are paired.
-  python3 - "$file" "$MUTATION_SAMPLE" "${MUTATION_SEED:-0}" "${extra[1]:-}" > sample.txt <<'PY'
+  python3 - "$file" "$MUTATION_SAMPLE" "${MUTATION_SEED:-0}" "${extra[1]:-}" <<'PY'
 import random, sqlite3, sys
 from types import SimpleNamespace
 from mutmut import add_mutations_by_file, mutations_by_type, read_patch_data
+from mutmut.cache import update_line_numbers
 file, n, seed, patch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+update_line_numbers(file)
 config = SimpleNamespace(covered_lines_by_filename=read_patch_data(patch) if patch else None, coverage_data=None,
                          mutation_types_to_apply=set(mutations_by_type))
 add_mutations_by_file({}, file, [], config)
 ids = [row[0] for row in sqlite3.connect(".mutmut-cache").execute("select id from Mutant order by id")]
-print(" ".join(map(str, sorted(random.Random(seed).sample(ids, min(n, len(ids)))))))
+with open("sample.txt", "w") as f:
+    f.write(" ".join(map(str, sorted(random.Random(seed).sample(ids, min(n, len(ids)))))))
 PY
   echo "sample of $(wc -w < sample.txt) of $(sqlite3 .mutmut-cache 'select count(*) from Mutant') mutants: $(cat sample.txt)"
-  for id in $(cat sample.txt); do mutmut run "${options[@]}" "$id" > /dev/null 2>&1 || true; done
+  for id in $(cat sample.txt); do mutmut run "${options[@]}" "$id" >> mutmut.log 2>&1 || true; done
 fi
 echo "wall: $(( $(date +%s) - start )) s"
 mutmut results || true
