@@ -58,3 +58,17 @@ def assert_same_weights(a: dict, b: dict) -> None:
         # precision.
         assert diff.max() < 3e-3, (name, float(diff.max()))
         assert (diff > 1e-5).float().mean() < 0.01, (name, float((diff > 1e-5).float().mean()))
+
+
+# The embedded default's assets, converted by scripts/setup.sh outside the tests' private cache.
+USER_CACHE = Path("~/.cache/saezoo").expanduser()
+HAS_SMOLLM2 = (USER_CACHE / "models" / "smollm2-135m" / "config.json").is_file()
+
+
+def demo_cache(root: Path) -> Path:
+    """A private cache that sees the converted model and corpora but keeps its own activations."""
+    cache = root / "cache"
+    cache.mkdir()
+    for name in ("models", "assets"):
+        (cache / name).symlink_to(USER_CACHE / name)
+    return cache
