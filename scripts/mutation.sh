@@ -30,7 +30,7 @@ case "$module" in
                        tests/test_distributed.py::test_ranks_train_on_disjoint_shards_with_averaged_gradients
                        tests/test_distributed.py::test_two_processes_match_one) ;;
   checkpoint)   file=saezoo/checkpoint.py
-                tests=(tests/test_contract.py::test_save_load_round_trip tests/test_checkpoint.py
+                tests=(tests/test_contract.py::test_save_load_round_trip tests/test_checkpoint_atomic.py
                        tests/test_resume.py::test_resume_continues_from_the_checkpointed_step
                        tests/test_resume.py::test_sigterm_saves_and_says_how_to_resume)
                 for row in corrupt-weights truncated-weights bad-checkpoint-version bad-cfg-field shape-mismatch \
