@@ -96,3 +96,17 @@ def checkpoint_view(run: Path) -> tuple[int | None, str | None]:
         if not torch.equal(value, theirs[name]):
             return step, f"sae.safetensors is not the checkpoint's weights ({name}, step {step})"
     return step, None
+
+
+# The embedded default's assets, converted by scripts/setup.sh outside the tests' private cache.
+USER_CACHE = Path("~/.cache/saezoo").expanduser()
+HAS_SMOLLM2 = (USER_CACHE / "models" / "smollm2-135m" / "config.json").is_file()
+
+
+def demo_cache(root: Path) -> Path:
+    """A private cache that sees the converted model and corpora but keeps its own activations."""
+    cache = root / "cache"
+    cache.mkdir()
+    for name in ("models", "assets"):
+        (cache / name).symlink_to(USER_CACHE / name)
+    return cache

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from saezoo import catalog, hookimpl, plugins
+from saezoo.activations import SyntheticConfig, SyntheticSource
 from saezoo.compare import resolve_variants, run_compare
 from saezoo.errors import UsageError
 from saezoo_flat.sae import FlatConfig, FlatSAE
@@ -143,10 +144,16 @@ def test_compare_synthetic_report(tmp_path):
     hsae = report["variants"]["hsae"]["metrics"]
     assert "ccr/tier2" in hsae and "ccr_chance/tier2" in hsae
     assert "ccr/group2" in flat  # the flat SAE grouped by firing frequency into hsae's tier sizes
+    # the inferred tree for both, the structural one for the architecture that has one
+    for key in ("tree_f1/inferred/depth1", "consistency/inferred", "absorption/depth1"):
+        assert key in hsae and key in flat, key
+    assert "tree_f1/structural/depth1" in hsae and "consistency/structural" in hsae
+    assert not any("structural" in key for key in flat)
     for png in ("training_curves.png", "ev_vs_l0.png", "tier_activity.png", "feature_density.png"):
         assert (out / png).stat().st_size > 10_000, png
     md = (out / "report.md").read_text()
     assert "| metric | hsae | flat |" in md and "| explained_variance |" in md
+    assert "| tree_f1/inferred/depth1 |" in md and "| consistency/structural |" in md
     assert (out / "hsae" / "tb").is_dir() and (out / "flat" / "tb").is_dir()
     assert "explained_variance" in proc.stdout
 
@@ -160,8 +167,16 @@ def test_registry_round_trip_and_validation(tmp_path, monkeypatch):
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
     entry = catalog.get_entry("tiny-flat")
-    assert entry.architecture == "flat" and entry.metrics["explained_variance"] > -1
+    assert entry.architecture == "flat"
     sae = catalog.load_entry(entry)
+    # The manifest holds what the registered weights measure on the run's held-out tokens.
+    held_out = SyntheticSource(SyntheticConfig()).eval_activations(4096)  # FAST_SETS' eval_tokens
+    with torch.no_grad():
+        codes = sae.encode(held_out)
+        residual = held_out - sae.decode(codes)
+    ev = 1 - float(residual.double().pow(2).sum() / (held_out - held_out.mean(0)).double().pow(2).sum())
+    assert entry.metrics["explained_variance"] == pytest.approx(ev, abs=1e-5)
+    assert entry.metrics["l0"] == pytest.approx(float((codes != 0).sum(-1).double().mean()), rel=1e-6)
     x = torch.randn(8, 64)
     from saezoo.checkpoint import load_sae
 

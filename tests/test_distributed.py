@@ -1,14 +1,19 @@
-"""torchrun with 2 CPU processes matches one process with the same global batch."""
+"""Data parallelism on 2 CPU processes (gloo): each rank trains on its own slice of the global
+batch with gradients averaged over ranks, and torchrun matches one process."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
 import pytest
+import torch
 
+from saezoo import distributed
 from saezoo.checkpoint import load_tensors
 
 from helpers import assert_same_weights, fast_train_args, run_cli
@@ -34,3 +39,78 @@ def test_two_processes_match_one(tmp_path):
     assert_same_weights(load_tensors(single / "sae.safetensors")[0], load_tensors(multi / "sae.safetensors")[0])
     # only rank 0 wrote: one TensorBoard writer, one metrics file
     assert len(list((multi / "tb").iterdir())) == 1
+
+
+GLOBAL_BATCH = torch.arange(8 * 3, dtype=torch.float32).view(8, 3)
+
+
+def _rank_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return (model(x) ** 2).mean()
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)  # every rank builds the same model, as the trainer does
+    return torch.nn.Linear(3, 2)
+
+
+def _rank_main(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    distributed.init_from_env()
+    try:
+        x = distributed.shard(GLOBAL_BATCH)
+        model = _model()
+        _rank_loss(model, x).backward()
+        before = [p.grad.clone() for p in model.parameters()]
+        distributed.average_gradients(model)
+        flags = distributed.any_rank(torch.tensor([1, 0, 0]) if rank == 0 else torch.tensor([0, 0, 1]))
+        result = {
+            "world": distributed.world(),
+            "rank": distributed.rank(),
+            "main": distributed.is_main(),
+            "shard": x.tolist(),
+            "before": [g.tolist() for g in before],
+            "after": [p.grad.tolist() for p in model.parameters()],
+            "any": flags.tolist(),
+        }
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+            json.dump(result, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_train_on_disjoint_shards_with_averaged_gradients(tmp_path):
+    """Real gloo collectives on 2 processes: the shards partition the global batch, and a
+    gradient that differs per rank is the global batch's gradient on both after the all-reduce."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_main, args=(port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [(r["world"], r["rank"], r["main"]) for r in ranks] == [(2, 0, True), (2, 1, False)]
+
+    shards = [torch.tensor(r["shard"]) for r in ranks]
+    assert [len(s) for s in shards] == [4, 4]
+    assert torch.equal(torch.cat(shards), GLOBAL_BATCH), "the shards are not the global batch, in rank order"
+
+    before = [[torch.tensor(g) for g in r["before"]] for r in ranks]
+    after = [[torch.tensor(g) for g in r["after"]] for r in ranks]
+    assert not torch.allclose(before[0][0], before[1][0]), "the ranks' gradients did not differ before the all-reduce"
+    # Independent reference: one process, the whole global batch.
+    model = _model()
+    _rank_loss(model, GLOBAL_BATCH).backward()
+    for i, p in enumerate(model.parameters()):
+        for r in range(2):
+            torch.testing.assert_close(after[r][i], p.grad, msg=f"rank {r}, parameter {i}: not the averaged gradient")
+    assert ranks[0]["any"] == ranks[1]["any"] == [1, 0, 1]
+
+
+def test_single_process_is_a_no_op():
+    assert (distributed.world(), distributed.rank(), distributed.is_main()) == (1, 0, True)
+    assert distributed.shard(GLOBAL_BATCH) is GLOBAL_BATCH
+    model = _model()
+    _rank_loss(model, GLOBAL_BATCH).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    distributed.average_gradients(model)
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))

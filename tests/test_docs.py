@@ -51,7 +51,13 @@ def test_plugin_metric_is_reported():
     plugins.register_plugin(CosinePlugin, "cosine_plugin")
     try:
         sae = build_sae("flat", 8, {})
-        metrics = evaluate_sae(sae, [torch.randn(32, 8)])
-        assert -1 <= metrics["cosine/mean"] <= 1
+        gen = torch.Generator().manual_seed(0)
+        batches = [torch.randn(32, 8, generator=gen), torch.randn(16, 8, generator=gen)]
+        metrics = evaluate_sae(sae, batches)
+        # Independent reference: the per-batch means, weighted by each batch's token count.
+        with torch.no_grad():
+            means = [float(torch.cosine_similarity(x, sae.decode(sae.encode(x))).mean()) for x in batches]
+        assert metrics["cosine/mean"] == pytest.approx((32 * means[0] + 16 * means[1]) / 48, rel=1e-6)
+        assert means[0] != pytest.approx(means[1], abs=1e-3)  # so the weighting is seen
     finally:
         plugins.unregister_plugin(CosinePlugin)

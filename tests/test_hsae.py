@@ -9,6 +9,7 @@ import torch
 
 from saezoo.activations.synthetic import SyntheticConfig, SyntheticSource
 from saezoo.config import resolve_run
+from saezoo.evaluate import evaluate_sae
 from saezoo.plugins import get_plugins
 from saezoo_hsae.sae import HSAE, HSAEConfig
 
@@ -174,7 +175,8 @@ def test_balance_rule_penalises_the_overactive_tier():
     assert float(after.sum()) == pytest.approx(1.0)
 
 
-def train_synthetic(sae: HSAE, steps: int, lr: float) -> None:
+def train_synthetic(sae: HSAE, steps: int, lr: float) -> tuple[SyntheticSource, torch.Tensor]:
+    """Train on a small synthetic source; return it and the normalisation scale used."""
     source = SyntheticSource(SyntheticConfig(d_in=D_IN, n_parents=2, n_independent=16))
     batches = source.batches(512)
     sample = next(batches)
@@ -188,14 +190,21 @@ def train_synthetic(sae: HSAE, steps: int, lr: float) -> None:
         sae.after_backward()
         opt.step()
         sae.after_step()
+    return source, scale
 
 
-def test_balanced_importance_does_not_collapse():
+def test_balanced_importance_does_not_collapse_and_reconstructs():
     sae = make()
-    train_synthetic(sae, steps=150, lr=3e-3)
+    source, scale = train_synthetic(sae, steps=150, lr=3e-3)
     weights = sae.importance_weights()
     assert float(weights.min()) > 0.15, weights
     assert min(sae._last_l0) > 0
+    # Held-out reconstruction and sparsity (measured: explained variance 0.978, L0 9.1-9.6 of
+    # 144 latents on seeds 0 and 1); an HSAE whose tiers do not learn cannot meet them.
+    metrics = evaluate_sae(sae, [source.eval_activations(4096) * scale])
+    assert metrics["explained_variance"] > 0.9, metrics
+    assert metrics["l0"] < 30, metrics
+    assert all(metrics[f"l0/tier{i}"] > 0.5 for i in (1, 2, 3)), metrics
 
 
 def test_fixed_importance_never_moves():

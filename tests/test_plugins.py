@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from saezoo import SAE, SAEOutput, hookimpl, plugins
+from saezoo.checkpoint import load_sae
 from saezoo.cli import app
 from saezoo.errors import UsageError
 from saezoo_flat.sae import FlatSAE
@@ -96,9 +97,18 @@ def test_fixture_plugin_trains(tiny_plugin, tmp_path):
     from saezoo.train import train
 
     run = resolve_run("tiny", options={"train": {"steps": 10, "batch_size": 256, "eval_tokens": 512}}, sets=["width=32"])
-    metrics = train(run, tmp_path / "run", SyntheticSource(SyntheticConfig(d_in=16)), progress=False)
+    source = SyntheticSource(SyntheticConfig(d_in=16))
+    metrics = train(run, tmp_path / "run", source, progress=False)
     assert metrics["step"] == 10
-    assert 0 < metrics["l0"] <= 32
+    # The saved SAE, reloaded through the registry, gives the reported metrics on the held-out tokens.
+    sae, _ = load_sae(tmp_path / "run")
+    x = source.eval_activations(512)
+    with torch.no_grad():
+        codes = sae.encode(x)
+        x_hat = sae.decode(codes)
+    assert metrics["l0"] == pytest.approx(float((codes != 0).sum(-1).double().mean()), rel=1e-6)
+    ev = 1 - float((x - x_hat).double().pow(2).sum() / (x - x.mean(0)).double().pow(2).sum())
+    assert metrics["explained_variance"] == pytest.approx(ev, abs=1e-5)
 
 
 def test_plugins_dir_file_trains(tmp_path):
