@@ -1,0 +1,296 @@
+"""Build the static site: one pass of held-out contexts through the model and the SAE(s),
+then the data written as JavaScript shards next to the page.
+
+Layout of the output directory::
+
+    index.html, browse.js, browse.css   the page (copied from the package, no build step)
+    data/index.js                       site-wide: metrics, the latent index, the tree
+    data/<side>-<shard>.js              SHARD latents each: contexts, histogram, tokens, neighbours
+    plots/*.png                         the run's plots
+    saezoo-browse.json                  what was built (marks the directory as a site)
+
+Data files are scripts calling ``saezooData(key, value)`` rather than JSON: a page opened
+from disk (``file://``) may not fetch files, but it may load scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+from torch import Tensor
+
+from saezoo.activations.harvest import MEDIAN_SAMPLE_TOKENS
+from saezoo.activations.model import hooked_activations
+from saezoo.browse import features
+from saezoo.browse.load import Target, check_same_source
+from saezoo.browse.stats import BEFORE, WINDOW, LatentStats, bin_edges
+from saezoo.config import run_from_dict
+from saezoo.errors import UsageError
+from saezoo.hierarchy import EDGE_CONDITIONAL
+
+STATIC = Path(__file__).parent / "static"
+MARKER = "saezoo-browse.json"
+SHARD = 64
+# Co-firing counts cost width² int32: the inferred tree is built up to this width.
+COFIRE_MAX_WIDTH = 8192
+# Elements of codes handled at once ([contexts, T, width] float32: 64 MB).
+CHUNK_ELEMENTS = 1 << 24
+TOP_K, SAMPLES, SHOWN_SAMPLES, N_TOKENS, N_NEAR = 20, 24, 6, 10, 8
+
+
+def prepare_out(out: Path) -> None:
+    """``out`` may be new, empty, or a site built before (replaced); nothing else."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise UsageError(f"--out {out}: holds other files; give a new or empty directory (or a site saezoo browse built)")
+
+
+def build(targets: list[Target], out: Path, tokens: int, device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Browse ``targets`` (one SAE, or two side by side) on ``tokens`` held-out tokens; write the site to ``out``."""
+    from saezoo.activations.model_source import ModelSource
+    from saezoo.train import resolve_device
+
+    started = time.perf_counter()
+    if tokens < 1:
+        raise UsageError(f"--tokens must be >= 1, got {tokens}")
+    prepare_out(out)
+    if len(targets) == 2:
+        check_same_source(*targets)
+    run = run_from_dict(targets[0].header)
+    if run.data.source != "model":
+        raise UsageError(f"{targets[0].label}: browse needs text, and its source is {run.data.source!r}; browse SAEs of a language model")
+    dev = resolve_device(device or run.train.device)
+    # The outlier threshold is estimated on the first MEDIAN_SAMPLE_TOKENS of the training split
+    # whatever the harvest's size, so the smallest harvest gives the run's threshold.
+    source = ModelSource.from_config(run.data, tokens=MEDIAN_SAMPLE_TOKENS, seed=0, device=str(dev))
+    threshold = source.outlier_threshold
+    input_ids, mask = source.eval_contexts(tokens)
+    saes = [t.sae.to(dev).eval() for t in targets]
+    for t in targets:
+        if t.sae.d_in != source.d_in:
+            raise UsageError(f"{t.label}: the SAE reads {t.sae.d_in}-dimensional activations, the source gives {source.d_in}")
+    stats = [
+        LatentStats(s.width, TOP_K, SAMPLES, cofire=s.latent_parents() is None and s.width <= COFIRE_MAX_WIDTH)
+        for s in saes
+    ]
+    counted = _pass(source, saes, stats, input_ids, mask, threshold, tokens, dev, progress)
+    if counted == 0:
+        raise UsageError(f"no held-out token of {run.data.dataset!r} was counted (all outliers or special tokens)")
+    tok = _TokenText(source.tokenizer)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        sides = [_side_data(t, s, st, source.model, tok) for t, s, st in zip(targets, saes, stats)]
+        if len(sides) == 2:
+            match, cos = features.nearest(saes[0].decoder_directions(), saes[1].decoder_directions(), 1, exclude_self=False)
+            sides[0]["index"]["match"] = {"label": targets[1].label, "latent": match[:, 0].tolist(), "cosine": _round(cos[:, 0])}
+        n_contexts = max(max(int(st.top.context.max()), int(st.sample.context.max())) for st in stats) + 1
+        context_ids, context_mask = input_ids[:n_contexts], mask[:n_contexts]
+        summary = {
+            "title": " vs ".join(t.label for t in targets),
+            "tokens": counted,
+            "contexts": n_contexts,
+            "model": run.data.model,
+            "hook": source.hook,
+            "dataset": run.data.dataset,
+            "seconds": round(time.perf_counter() - started, 1),  # the pass and the weights; writing follows
+        }
+        _write(tmp, targets, stats, sides, tok, context_ids, context_mask, summary)
+        (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+@torch.no_grad()
+def _pass(source, saes, stats, input_ids: Tensor, mask: Tensor, threshold: float | None, tokens: int, dev, progress: bool) -> int:
+    """Run the contexts through the model and each SAE; returns the tokens counted."""
+    model, hook = source.model, source.hook
+    batch = source.harvest_batch_size
+    t = input_ids.shape[1]
+    counted = 0
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("browse", total=tokens)
+        for start in range(0, len(input_ids), batch):
+            ids, m = input_ids[start : start + batch], mask[start : start + batch]
+            acts = hooked_activations(model, hook, ids)
+            keep = m.clone()
+            if threshold is not None:
+                keep &= acts.norm(dim=-1) <= threshold
+            n_keep = int(keep.sum())
+            for sae, st in zip(saes, stats):
+                per_chunk = max(1, CHUNK_ELEMENTS // (t * sae.width))
+                for c in range(0, len(ids), per_chunk):
+                    a, k = acts[c : c + per_chunk], keep[c : c + per_chunk]
+                    codes = torch.zeros(*k.shape, sae.width)
+                    if k.any():
+                        codes[k] = sae.encode(a[k].to(dev)).float().cpu()
+                    if not torch.isfinite(codes).all():
+                        raise UsageError("the SAE gave non-finite codes on held-out activations; its weights are broken")
+                    st.update(codes, int(k.sum()))
+            counted += n_keep
+            bar.advance(task, n_keep)
+    return counted
+
+
+class _TokenText:
+    """Token ids to display strings, decoded one by one (and remembered)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, token: int) -> str:
+        if token not in self.cache:
+            self.cache[token] = self.tokenizer.decode([token])
+        return self.cache[token]
+
+
+def _round(t: Tensor, digits: int = 4) -> list[float]:
+    """Floats with ``digits`` significant digits, for compact JSON."""
+    out = []
+    for v in t.tolist():
+        out.append(0.0 if v == 0 or not math.isfinite(v) else round(v, digits - 1 - int(math.floor(math.log10(abs(v))))))
+    return out
+
+
+def _side_data(target: Target, sae, st: LatentStats, model, tok: _TokenText) -> dict[str, Any]:
+    """Everything about one SAE's latents except their contexts."""
+    directions = sae.decoder_directions().detach().cpu()
+    pos, pos_val, neg, neg_val = features.output_tokens(directions, model, N_TOKENS)
+    near, near_cos = features.nearest(directions, directions, N_NEAR, exclude_self=True)
+    parents = sae.latent_parents()
+    tree = None
+    if parents is not None:
+        tree = {"kind": "structural", "parents": parents.tolist()}
+    elif st.cofire is not None:
+        tree = {"kind": "inferred", "parents": st.inferred_parents(EDGE_CONDITIONAL).tolist(), "min_share": EDGE_CONDITIONAL}
+    top_values = st.top.values[0]
+    index = {
+        "label": target.label,
+        "architecture": target.header.get("architecture"),
+        "width": sae.width,
+        "groups": [list(g) for g in sae.latent_groups()],
+        "density": _round(st.fires.double() / max(st.tokens, 1)),
+        "max": _round(top_values),
+        "tree": tree,
+        "metrics": {k: v for k, v in target.metrics.items() if isinstance(v, (int, float))},
+    }
+    return {
+        "index": index,
+        "pos": (pos, pos_val),
+        "neg": (neg, neg_val),
+        "near": (near, near_cos),
+    }
+
+
+def _examples(ex, latent: int, ids_pad: Tensor, real_pad: Tensor, strings: dict[int, int]) -> list[tuple[float, list]]:
+    """Examples of one latent with value > 0: ``(value, [context, [token string index],
+    [activation], index of the example's token])``; padding is left out."""
+    out = []
+    for i in range(ex.values.shape[0]):
+        value = float(ex.values[i, latent])
+        if value <= 0:
+            continue
+        ctx, pos = int(ex.context[i, latent]), int(ex.position[i, latent])
+        window_ids = ids_pad[ctx, pos : pos + WINDOW].tolist()
+        shown = real_pad[ctx, pos : pos + WINDOW].tolist()
+        acts = _round(ex.window[i, latent], 3)
+        toks, vals, focus = [], [], 0
+        for j, (tid, ok) in enumerate(zip(window_ids, shown)):
+            if j == BEFORE:
+                focus = len(toks)
+            if ok:
+                toks.append(strings.setdefault(tid, len(strings)))
+                vals.append(acts[j])
+        out.append((value, [ctx, toks, vals, focus]))
+    return out
+
+
+def _write(root: Path, targets, stats, sides, tok, ids: Tensor, mask: Tensor, summary: dict) -> None:
+    for f in STATIC.iterdir():
+        shutil.copyfile(f, root / f.name)
+    data = root / "data"
+    data.mkdir()
+    plots = []
+    if targets[0].plots:
+        (root / "plots").mkdir()
+        for p in targets[0].plots:
+            shutil.copyfile(p, root / "plots" / p.name)
+            plots.append(f"plots/{p.name}")
+    # Windows reach BEFORE positions back and AFTER forward. Padding (after the last text token
+    # of the last context) is never shown; the sink token and separators are, so the reader
+    # sees where a document starts.
+    positions = torch.arange(ids.shape[1])
+    last_text = torch.where(mask, positions, -1).max(dim=1).values
+    real = positions <= last_text.unsqueeze(1)
+    ids_pad = torch.nn.functional.pad(ids, (BEFORE, WINDOW - BEFORE))
+    real_pad = torch.nn.functional.pad(real, (BEFORE, WINDOW - BEFORE))
+    edges = bin_edges()
+    names = ["a", "b"][: len(sides)]
+    for name, side, st in zip(names, sides, stats):
+        width = side["index"]["width"]
+        hist = st.histogram()
+        for shard_start in range(0, width, SHARD):
+            strings: dict[int, int] = {}
+            latents = {}
+            for j in range(shard_start, min(shard_start + SHARD, width)):
+                latents[j] = _latent_record(j, side, st, hist, ids_pad, real_pad, strings)
+            texts = [""] * len(strings)
+            for tid, k in strings.items():
+                texts[k] = tok(tid)
+            _write_js(data / f"{name}-{shard_start // SHARD}.js", f"{name}:{shard_start // SHARD}", {"strings": texts, "latents": latents})
+    for side, st in zip(sides, stats):
+        # The token of each latent's best example, for the index's search by token.
+        firing = st.top.values[0] > 0
+        best = ids[st.top.context[0].clamp_min(0), st.top.position[0]].tolist()
+        side["index"]["token"] = [tok(int(t)) if f else "" for t, f in zip(best, firing.tolist())]
+    site = {**summary, "shard": SHARD, "edges": _round(torch.tensor(edges)), "plots": plots, "sides": [s["index"] for s in sides]}
+    _write_js(data / "index.js", "index", site)
+
+
+def _latent_record(j: int, side, st: LatentStats, hist: Tensor, ids_pad, real_pad, strings) -> dict[str, Any]:
+    pos, pos_val = side["pos"]
+    neg, neg_val = side["neg"]
+    near, near_cos = side["near"]
+    top = [e for _, e in _examples(st.top, j, ids_pad, real_pad, strings)]
+    samples = sorted(_examples(st.sample, j, ids_pad, real_pad, strings), key=lambda e: e[0])
+    shown = []
+    if samples:
+        # Evenly spaced quantiles of a uniform sample of the firings: the typical firing, not the extreme.
+        for q in range(SHOWN_SAMPLES):
+            frac = (q + 0.5) / SHOWN_SAMPLES
+            i = min(int(frac * len(samples)), len(samples) - 1)
+            if not shown or shown[-1][0] != i:
+                shown.append((i, round(frac, 3), samples[i][1]))
+    counts = hist[j]
+    nz = counts.nonzero()
+    h = [int(nz[0]), counts[int(nz[0]) : int(nz[-1]) + 1].tolist()] if len(nz) else [0, []]
+    return {
+        "fires": int(st.fires[j]),
+        "top": top,
+        "samples": [[frac, e] for _, frac, e in shown],
+        "hist": h,
+        "pos": [[strings.setdefault(int(t), len(strings)), v] for t, v in zip(pos[j].tolist(), _round(pos_val[j], 3))],
+        "neg": [[strings.setdefault(int(t), len(strings)), v] for t, v in zip(neg[j].tolist(), _round(neg_val[j], 3))],
+        "near": [[int(n), c] for n, c in zip(near[j].tolist(), _round(near_cos[j], 3))],
+    }
+
+
+def _write_js(path: Path, key: str, value: Any) -> None:
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    # "</" would end an inline script; these files are loaded by src, but keep them safe anywhere.
+    text = text.replace("</", "<\\/")
+    path.write_text(f"saezooData({json.dumps(key)},{text});\n", encoding="utf-8")
