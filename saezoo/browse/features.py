@@ -28,15 +28,17 @@ def final_norm(model: nn.Module) -> nn.Module | None:
 def output_tokens(directions: Tensor, model: nn.Module, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(promoted ids, their logits, suppressed ids, their logits)``, each ``[width, n]``: the
     logit change each decoder direction makes after the final norm. The norm's own offset
-    (``norm(0)``: a LayerNorm's bias) is the same for every latent and is taken out."""
-    unembed = model.get_output_embeddings().weight.detach().float()
+    (``norm(0)``: a LayerNorm's bias) is the same for every latent and is taken out. The
+    product is in the model's dtype, as the model itself computes its logits (bf16 makes the
+    [width, vocabulary] product 3x faster on a CPU with native bf16)."""
+    unembed = model.get_output_embeddings().weight.detach()
     norm = final_norm(model)
     norm = copy.deepcopy(norm).float() if norm is not None else nn.Identity()
     n = min(n, unembed.shape[0])
     offset = norm(torch.zeros(1, directions.shape[1]))
     out = [], [], [], []
     for block in directions.float().split(BLOCK):
-        logits = (norm(block) - offset) @ unembed.T
+        logits = ((norm(block) - offset).to(unembed.dtype) @ unembed.T).float()
         top, bottom = logits.topk(n, dim=1), logits.topk(n, dim=1, largest=False)
         for lst, t in zip(out, (top.indices, top.values, bottom.indices, bottom.values)):
             lst.append(t)

@@ -16,7 +16,6 @@ from disk (``file://``) may not fetch files, but it may load scripts.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -158,12 +157,15 @@ class _TokenText:
         return self.cache[token]
 
 
-def _round(t: Tensor, digits: int = 4) -> list[float]:
-    """Floats with ``digits`` significant digits, for compact JSON."""
-    out = []
-    for v in t.tolist():
-        out.append(0.0 if v == 0 or not math.isfinite(v) else round(v, digits - 1 - int(math.floor(math.log10(abs(v))))))
-    return out
+def _round(t: Tensor, digits: int = 4) -> Any:
+    """``t`` as nested lists of floats with ``digits`` significant digits (compact JSON);
+    0 for 0 and non-finite values."""
+    t = t.double()
+    ok = torch.isfinite(t) & (t != 0)
+    magnitude = torch.where(ok, t.abs(), 1.0).log10().floor() - (digits - 1)
+    # Divide by a power of ten >= 1, multiply by one < 1: both exact, so the floats print short.
+    up, down = torch.pow(10.0, -magnitude.clamp_max(0)), torch.pow(10.0, magnitude.clamp_min(0))
+    return torch.where(ok, (t * up / down).round() * down / up, 0.0).tolist()
 
 
 def _side_data(target: Target, sae, st: LatentStats, model, tok: _TokenText) -> dict[str, Any]:
@@ -196,27 +198,35 @@ def _side_data(target: Target, sae, st: LatentStats, model, tok: _TokenText) -> 
     }
 
 
-def _examples(ex, latent: int, ids_pad: Tensor, real_pad: Tensor, strings: dict[int, int]) -> list[tuple[float, list]]:
-    """Examples of one latent with value > 0: ``(value, [context, [token string index],
-    [activation], index of the example's token])``; padding is left out."""
-    out = []
-    for i in range(ex.values.shape[0]):
-        value = float(ex.values[i, latent])
-        if value <= 0:
-            continue
-        ctx, pos = int(ex.context[i, latent]), int(ex.position[i, latent])
-        window_ids = ids_pad[ctx, pos : pos + WINDOW].tolist()
-        shown = real_pad[ctx, pos : pos + WINDOW].tolist()
-        acts = _round(ex.window[i, latent], 3)
-        toks, vals, focus = [], [], 0
-        for j, (tid, ok) in enumerate(zip(window_ids, shown)):
-            if j == BEFORE:
-                focus = len(toks)
-            if ok:
-                toks.append(strings.setdefault(tid, len(strings)))
-                vals.append(acts[j])
-        out.append((value, [ctx, toks, vals, focus]))
-    return out
+class _Examples:
+    """One SAE's kept examples as Python lists (``[width][n]``), for writing them latent by latent."""
+
+    def __init__(self, ex, ids_pad: list[list[int]], real_pad: list[list[bool]]):
+        self.values = ex.values.T.tolist()
+        self.context = ex.context.T.tolist()
+        self.position = ex.position.T.tolist()
+        self.window = _round(ex.window.transpose(0, 1), 2)  # shading needs no more
+        self.ids_pad, self.real_pad = ids_pad, real_pad
+
+    def of(self, latent: int, strings: dict[int, int], which: list[int] | None = None) -> list[list]:
+        """Examples ``which`` (default: all with value > 0) of one latent: ``[context, [token
+        string index], [activation], index of the example's token]``; padding is left out."""
+        out = []
+        for i in range(len(self.values[latent])) if which is None else which:
+            value, ctx, pos, acts = self.values[latent][i], self.context[latent][i], self.position[latent][i], self.window[latent][i]
+            if value <= 0:
+                continue
+            window_ids = self.ids_pad[ctx][pos : pos + WINDOW]
+            shown = self.real_pad[ctx][pos : pos + WINDOW]
+            toks, vals, focus = [], [], 0
+            for j, (tid, ok, act) in enumerate(zip(window_ids, shown, acts)):
+                if j == BEFORE:
+                    focus = len(toks)
+                if ok:
+                    toks.append(strings.setdefault(tid, len(strings)))
+                    vals.append(act)
+            out.append([ctx, toks, vals, focus])
+        return out
 
 
 def _write(root: Path, targets, stats, sides, tok, ids: Tensor, mask: Tensor, summary: dict) -> None:
@@ -236,18 +246,26 @@ def _write(root: Path, targets, stats, sides, tok, ids: Tensor, mask: Tensor, su
     positions = torch.arange(ids.shape[1])
     last_text = torch.where(mask, positions, -1).max(dim=1).values
     real = positions <= last_text.unsqueeze(1)
-    ids_pad = torch.nn.functional.pad(ids, (BEFORE, WINDOW - BEFORE))
-    real_pad = torch.nn.functional.pad(real, (BEFORE, WINDOW - BEFORE))
+    ids_pad = torch.nn.functional.pad(ids, (BEFORE, WINDOW - BEFORE)).tolist()
+    real_pad = torch.nn.functional.pad(real, (BEFORE, WINDOW - BEFORE)).tolist()
     edges = bin_edges()
     names = ["a", "b"][: len(sides)]
     for name, side, st in zip(names, sides, stats):
         width = side["index"]["width"]
-        hist = st.histogram()
+        lists = {
+            "top": _Examples(st.top, ids_pad, real_pad),
+            "sample": _Examples(st.sample, ids_pad, real_pad),
+            "hist": st.histogram().tolist(),
+            "fires": st.fires.tolist(),
+            "pos": (side["pos"][0].tolist(), _round(side["pos"][1], 3)),
+            "neg": (side["neg"][0].tolist(), _round(side["neg"][1], 3)),
+            "near": (side["near"][0].tolist(), _round(side["near"][1], 3)),
+        }
         for shard_start in range(0, width, SHARD):
             strings: dict[int, int] = {}
             latents = {}
             for j in range(shard_start, min(shard_start + SHARD, width)):
-                latents[j] = _latent_record(j, side, st, hist, ids_pad, real_pad, strings)
+                latents[j] = _latent_record(j, lists, strings)
             texts = [""] * len(strings)
             for tid, k in strings.items():
                 texts[k] = tok(tid)
@@ -261,31 +279,32 @@ def _write(root: Path, targets, stats, sides, tok, ids: Tensor, mask: Tensor, su
     _write_js(data / "index.js", "index", site)
 
 
-def _latent_record(j: int, side, st: LatentStats, hist: Tensor, ids_pad, real_pad, strings) -> dict[str, Any]:
-    pos, pos_val = side["pos"]
-    neg, neg_val = side["neg"]
-    near, near_cos = side["near"]
-    top = [e for _, e in _examples(st.top, j, ids_pad, real_pad, strings)]
-    samples = sorted(_examples(st.sample, j, ids_pad, real_pad, strings), key=lambda e: e[0])
-    shown = []
-    if samples:
-        # Evenly spaced quantiles of a uniform sample of the firings: the typical firing, not the extreme.
-        for q in range(SHOWN_SAMPLES):
-            frac = (q + 0.5) / SHOWN_SAMPLES
-            i = min(int(frac * len(samples)), len(samples) - 1)
-            if not shown or shown[-1][0] != i:
-                shown.append((i, round(frac, 3), samples[i][1]))
-    counts = hist[j]
-    nz = counts.nonzero()
-    h = [int(nz[0]), counts[int(nz[0]) : int(nz[-1]) + 1].tolist()] if len(nz) else [0, []]
+def _latent_record(j: int, lists: dict[str, Any], strings: dict[int, int]) -> dict[str, Any]:
+    top = lists["top"].of(j, strings)
+    sampled = lists["sample"].values[j]
+    ranked = sorted((v, i) for i, v in enumerate(sampled) if v > 0)
+    picks: dict[int, float] = {}
+    # Evenly spaced quantiles of a uniform sample of the firings: the typical firing, not the extreme.
+    for q in range(SHOWN_SAMPLES if ranked else 0):
+        frac = (q + 0.5) / SHOWN_SAMPLES
+        picks.setdefault(ranked[min(int(frac * len(ranked)), len(ranked) - 1)][1], round(frac, 3))
+    shown = zip(picks.values(), lists["sample"].of(j, strings, list(picks)))
+    counts = lists["hist"][j]
+    nz = [i for i, c in enumerate(counts) if c]
+    h = [nz[0], counts[nz[0] : nz[-1] + 1]] if nz else [0, []]
+
+    def tokens(name: str) -> list:
+        ids, values = lists[name]
+        return [[strings.setdefault(t, len(strings)), v] for t, v in zip(ids[j], values[j])]
+
     return {
-        "fires": int(st.fires[j]),
+        "fires": lists["fires"][j],
         "top": top,
-        "samples": [[frac, e] for _, frac, e in shown],
+        "samples": [[frac, e] for frac, e in shown],
         "hist": h,
-        "pos": [[strings.setdefault(int(t), len(strings)), v] for t, v in zip(pos[j].tolist(), _round(pos_val[j], 3))],
-        "neg": [[strings.setdefault(int(t), len(strings)), v] for t, v in zip(neg[j].tolist(), _round(neg_val[j], 3))],
-        "near": [[int(n), c] for n, c in zip(near[j].tolist(), _round(near_cos[j], 3))],
+        "pos": tokens("pos"),
+        "neg": tokens("neg"),
+        "near": [list(pair) for pair in zip(*(x[j] for x in lists["near"]))],
     }
 
 

@@ -5,7 +5,8 @@ zeros), :class:`LatentStats` keeps, for every latent at once and with torch ops 
 chunk (no Python loop over latents):
 
 * its ``k`` largest activations with where they happened and the activations of the window of
-  positions around them (a running top-k: ``topk`` over the kept values stacked on the chunk's);
+  positions around them (a running top-k: the chunk's best k per latent, found by sorting its
+  non-zero entries, then ``topk`` over those stacked on the kept ones);
 * a uniform sample of its firing positions (a reservoir: each firing gets a random key and the
   ``r`` largest keys are kept, the same running top-k), from which the page draws contexts of
   the lower activation quantiles;
@@ -52,25 +53,55 @@ class Examples:
             window=torch.zeros(n, width, WINDOW),
         )
 
-    def update(self, keys: Tensor, padded: Tensor, first_context: int) -> None:
-        """Merge the chunk's candidates: ``keys`` ``[C*T, width]`` (negative: not a candidate)
-        over positions of ``padded`` codes ``[C, BEFORE + T + AFTER, width]``."""
+    def update(self, keys: Tensor, token: Tensor, latent: Tensor, codes: Tensor, first_context: int) -> None:
+        """Merge the chunk's firings (``keys`` ``[E]`` >= 0 of the non-zero entries at ``token``,
+        ``latent`` of ``codes`` ``[C, T, width]``)."""
         n, width = self.keys.shape
-        t = padded.shape[1] - BEFORE - AFTER
-        top, pick = torch.topk(torch.cat([self.keys, keys]), n, dim=0)  # [n, width]
-        new = pick >= n
-        flat = (pick - n).clamp_min(0)  # where the new ones are in the chunk
-        ctx, pos = flat // t, flat % t
-        latent = torch.arange(width).expand(n, width)
+        t = codes.shape[1]
+        if len(keys) == 0:
+            return
+        cand_keys, cand_entry = best_per_latent(keys, latent, n, width)
+        top, pick = torch.topk(torch.cat([self.keys, cand_keys]), n, dim=0)  # [n, width]
+        new = (pick >= n) & (top >= 0)  # an empty slot stays empty
+        changed = new.any(dim=0).nonzero().squeeze(1)  # only these latents take new examples
         old = pick.clamp_max(n - 1)
-        # The window of a new example: its position and the ones around it in padded codes.
-        offsets = torch.arange(WINDOW)
-        window = padded[ctx.unsqueeze(-1), pos.unsqueeze(-1) + offsets, latent.unsqueeze(-1)]
-        self.window = torch.where(new.unsqueeze(-1), window, self.window.gather(0, old.unsqueeze(-1).expand(-1, -1, WINDOW)))
-        self.values = torch.where(new, padded[ctx, pos + BEFORE, latent], self.values.gather(0, old))
-        self.context = torch.where(new, ctx + first_context, self.context.gather(0, old))
-        self.position = torch.where(new, pos, self.position.gather(0, old))
+        entry = cand_entry.gather(0, (pick - n).clamp_min(0))  # [n, width], -1 where not new
         self.keys = top
+        for name in ("values", "context", "position", "window"):
+            kept = getattr(self, name)
+            index = old if name != "window" else old.unsqueeze(-1).expand(-1, -1, WINDOW)
+            setattr(self, name, kept.gather(0, index))
+        if len(changed) == 0:
+            return
+        is_new = new[:, changed]
+        tok = token[entry[:, changed].clamp_min(0)]
+        ctx, pos = tok // t, tok % t
+        lat = changed.expand(n, -1)
+        where = pos.unsqueeze(-1) + torch.arange(WINDOW) - BEFORE  # [n, changed, WINDOW]
+        inside = (where >= 0) & (where < t)
+        window = codes[ctx.unsqueeze(-1), where.clamp(0, t - 1), lat.unsqueeze(-1)] * inside
+        sub = (slice(None), changed)
+        self.values[sub] = torch.where(is_new, codes[ctx, pos, lat], self.values[sub])
+        self.context[sub] = torch.where(is_new, ctx + first_context, self.context[sub])
+        self.position[sub] = torch.where(is_new, pos, self.position[sub])
+        self.window[sub] = torch.where(is_new.unsqueeze(-1), window, self.window[sub])
+
+
+def best_per_latent(keys: Tensor, latent: Tensor, n: int, width: int) -> tuple[Tensor, Tensor]:
+    """Of entries with ``keys`` (>= 0) belonging to ``latent``, the ``n`` largest keys of
+    each latent: ``(keys, entry index)`` ``[n, width]``, -1 where a latent has fewer. Two
+    stable sorts of the entries (by key, then by latent), no loop over latents."""
+    by_key = torch.argsort(keys, descending=True, stable=True)
+    order = by_key[torch.argsort(latent[by_key], stable=True)]
+    sorted_latent = latent[order]
+    counts = torch.bincount(latent, minlength=width)
+    rank = torch.arange(len(order)) - (torch.cumsum(counts, 0) - counts)[sorted_latent]
+    keep = rank < n
+    out_keys = torch.full((n, width), -1.0)
+    out_entry = torch.full((n, width), -1, dtype=torch.int64)
+    out_keys[rank[keep], sorted_latent[keep]] = keys[order[keep]].float()
+    out_entry[rank[keep], sorted_latent[keep]] = order[keep]
+    return out_keys, out_entry
 
 
 class LatentStats:
@@ -96,14 +127,12 @@ class LatentStats:
         """Add a chunk of codes ``[C, T, width]`` holding ``tokens`` counted positions."""
         c, t, width = codes.shape
         codes = codes.float()
-        padded = torch.nn.functional.pad(codes, (0, 0, BEFORE, AFTER))
-        flat = codes.reshape(c * t, width)
-        self.top.update(flat, padded, self._contexts)
-        firing = flat > 0
-        keys = torch.rand(flat.shape, generator=self._generator).masked_fill_(~firing, -1.0)
-        self.sample.update(keys, padded, self._contexts)
-        token, latent = firing.nonzero(as_tuple=True)
+        flat = codes.view(c * t, width)
+        # Everything below works on the non-zero entries only (codes are sparse).
+        token, latent = (flat > 0).nonzero(as_tuple=True)
         values = flat[token, latent]
+        self.top.update(values, token, latent, codes, self._contexts)
+        self.sample.update(torch.rand(len(values), generator=self._generator), token, latent, codes, self._contexts)
         self.fires += torch.bincount(latent, minlength=width)
         bins = ((values.log10() - HIST_LO) / (HIST_HI - HIST_LO) * HIST_BINS).long().clamp_(0, HIST_BINS - 1)
         self.hist += torch.bincount(latent * HIST_BINS + bins, minlength=width * HIST_BINS)
