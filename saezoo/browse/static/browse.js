@@ -138,7 +138,11 @@ function route() {
   const main = document.getElementById("main");
   const [view, ...rest] = (location.hash.slice(1) || "index").split("/");
   document.body.dataset.ready = "";
-  const done = () => { document.body.dataset.ready = view; };
+  const done = () => {
+    document.body.dataset.ready = view;
+    // First view on the page, in ms since navigation started (read by benchmarks/browse_speed.py).
+    if (window.saezooReadyAt === undefined) window.saezooReadyAt = performance.now();
+  };
   main.replaceChildren();
   if (view === "latent") latentView(main, rest[0], Number(rest[1])).then(done);
   else if (view === "tree") { treeView(main); done(); }
