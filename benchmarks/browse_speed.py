@@ -107,8 +107,8 @@ def wide(rows: list, results: dict, tokens: int) -> None:
     shutil.rmtree(root)
 
 
-def smollm2(rows: list, results: dict, tokens: int) -> None:
-    out = Path(tempfile.mkdtemp(prefix="browse-smollm2-")) / "site"
+def smollm2(rows: list, results: dict, tokens: int, keep: Path | None) -> None:
+    out = keep or Path(tempfile.mkdtemp(prefix="browse-smollm2-")) / "site"
     before = load()
     proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "saezoo.cli", "browse", "smollm2-flat", "--tokens", str(tokens), "--out", str(out), "-q"],
                           capture_output=True, text=True, cwd=ROOT)
@@ -123,7 +123,8 @@ def smollm2(rows: list, results: dict, tokens: int) -> None:
     summary = json.loads((out / "saezoo-browse.json").read_text())
     results["smollm2_flat"] = {"wall_s": seconds, "cpu_s": cpu, "peak_rss_gb": rss_gb, "tokens": summary["tokens"], "load_before": before, "load_after": after, "stdout": proc.stdout.strip()}
     rows.append([f"smollm2-flat (4,608 latents), {summary['tokens']:,} tokens", f"{seconds:.0f} s wall, {cpu:.0f} CPU-s", "–", "–", f"{rss_gb:.2f} GB", f"{before} / {after}"])
-    shutil.rmtree(out.parent)
+    if keep is None:
+        shutil.rmtree(out.parent)
 
 
 def main() -> None:
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--smollm2", action="store_true")
     parser.add_argument("--wide-tokens", type=int, default=8192)
     parser.add_argument("--smollm2-tokens", type=int, default=100_000)
+    parser.add_argument("--keep", type=Path, help="--smollm2: write the site here and keep it (for a screenshot)")
     args = parser.parse_args()
     results_file = ROOT / "benchmarks" / "browse.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
@@ -139,7 +141,7 @@ def main() -> None:
     if args.wide:
         wide(rows, results, args.wide_tokens)
     if args.smollm2:
-        smollm2(rows, results, args.smollm2_tokens)
+        smollm2(rows, results, args.smollm2_tokens, args.keep)
     results_file.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown_table(["site", "build", "data", "index rendered (headless Chromium)", "peak RSS", "load avg before / after"], rows))
 

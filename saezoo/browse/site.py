@@ -55,7 +55,6 @@ def prepare_out(out: Path) -> None:
 
 def build(targets: list[Target], out: Path, tokens: int, device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Browse ``targets`` (one SAE, or two side by side) on ``tokens`` held-out tokens; write the site to ``out``."""
-    from saezoo.activations.model_source import ModelSource
     from saezoo.train import resolve_device
 
     started = time.perf_counter()
@@ -68,6 +67,26 @@ def build(targets: list[Target], out: Path, tokens: int, device: str | None = No
     if run.data.source != "model":
         raise UsageError(f"{targets[0].label}: browse needs text, and its source is {run.data.source!r}; browse SAEs of a language model")
     dev = resolve_device(device or run.train.device)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside ``out`` and renamed into place: a killed build leaves the old site or none.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create the directory ({exc.strerror})") from None
+    try:
+        summary = _build_into(tmp, targets, run, tokens, dev, progress, started)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _build_into(tmp: Path, targets: list[Target], run, tokens: int, dev, progress: bool, started: float) -> dict[str, Any]:
+    from saezoo.activations.model_source import ModelSource
+
     # The outlier threshold is estimated on the first MEDIAN_SAMPLE_TOKENS of the training split
     # whatever the harvest's size, so the smallest harvest gives the run's threshold.
     source = ModelSource.from_config(run.data, tokens=MEDIAN_SAMPLE_TOKENS, seed=0, device=str(dev))
@@ -85,31 +104,22 @@ def build(targets: list[Target], out: Path, tokens: int, device: str | None = No
     if counted == 0:
         raise UsageError(f"no held-out token of {run.data.dataset!r} was counted (all outliers or special tokens)")
     tok = _TokenText(source.tokenizer)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-    try:
-        sides = [_side_data(t, s, st, source.model, tok) for t, s, st in zip(targets, saes, stats)]
-        if len(sides) == 2:
-            match, cos = features.nearest(saes[0].decoder_directions(), saes[1].decoder_directions(), 1, exclude_self=False)
-            sides[0]["index"]["match"] = {"label": targets[1].label, "latent": match[:, 0].tolist(), "cosine": _round(cos[:, 0])}
-        n_contexts = max(max(int(st.top.context.max()), int(st.sample.context.max())) for st in stats) + 1
-        context_ids, context_mask = input_ids[:n_contexts], mask[:n_contexts]
-        summary = {
-            "title": " vs ".join(t.label for t in targets),
-            "tokens": counted,
-            "contexts": n_contexts,
-            "model": run.data.model,
-            "hook": source.hook,
-            "dataset": run.data.dataset,
-            "seconds": round(time.perf_counter() - started, 1),  # the pass and the weights; writing follows
-        }
-        _write(tmp, targets, stats, sides, tok, context_ids, context_mask, summary)
-        (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    sides = [_side_data(t, s, st, source.model, tok) for t, s, st in zip(targets, saes, stats)]
+    if len(sides) == 2:
+        match, cos = features.nearest(saes[0].decoder_directions(), saes[1].decoder_directions(), 1, exclude_self=False)
+        sides[0]["index"]["match"] = {"label": targets[1].label, "latent": match[:, 0].tolist(), "cosine": _round(cos[:, 0])}
+    n_contexts = max(max(int(st.top.context.max()), int(st.sample.context.max())) for st in stats) + 1
+    summary = {
+        "title": " vs ".join(t.label for t in targets),
+        "tokens": counted,
+        "contexts": n_contexts,
+        "model": run.data.model,
+        "hook": source.hook,
+        "dataset": run.data.dataset,
+        "seconds": round(time.perf_counter() - started, 1),  # the pass and the weights; writing follows
+    }
+    _write(tmp, targets, stats, sides, tok, input_ids[:n_contexts], mask[:n_contexts], summary)
+    (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -199,13 +209,14 @@ def _side_data(target: Target, sae, st: LatentStats, model, tok: _TokenText) -> 
 
 
 class _Examples:
-    """One SAE's kept examples as Python lists (``[width][n]``), for writing them latent by latent."""
+    """The kept examples of the latents ``cols`` (a slice: one shard) as Python lists
+    (``[latent][n]``), for writing them latent by latent."""
 
-    def __init__(self, ex, ids_pad: list[list[int]], real_pad: list[list[bool]]):
-        self.values = ex.values.T.tolist()
-        self.context = ex.context.T.tolist()
-        self.position = ex.position.T.tolist()
-        self.window = _round(ex.window.transpose(0, 1), 2)  # shading needs no more
+    def __init__(self, ex, cols: slice, ids_pad: list[list[int]], real_pad: list[list[bool]]):
+        self.values = ex.values[:, cols].T.tolist()
+        self.context = ex.context[:, cols].T.tolist()
+        self.position = ex.position[:, cols].T.tolist()
+        self.window = _round(ex.window[:, cols].transpose(0, 1), 2)  # shading needs no more
         self.ids_pad, self.real_pad = ids_pad, real_pad
 
     def of(self, latent: int, strings: dict[int, int], which: list[int] | None = None) -> list[list]:
@@ -252,20 +263,22 @@ def _write(root: Path, targets, stats, sides, tok, ids: Tensor, mask: Tensor, su
     names = ["a", "b"][: len(sides)]
     for name, side, st in zip(names, sides, stats):
         width = side["index"]["width"]
-        lists = {
-            "top": _Examples(st.top, ids_pad, real_pad),
-            "sample": _Examples(st.sample, ids_pad, real_pad),
-            "hist": st.histogram().tolist(),
-            "fires": st.fires.tolist(),
-            "pos": (side["pos"][0].tolist(), _round(side["pos"][1], 3)),
-            "neg": (side["neg"][0].tolist(), _round(side["neg"][1], 3)),
-            "near": (side["near"][0].tolist(), _round(side["near"][1], 3)),
-        }
         for shard_start in range(0, width, SHARD):
+            # Python lists of one shard at a time: for 65k latents the whole would be gigabytes.
+            cols = slice(shard_start, min(shard_start + SHARD, width))
+            lists = {
+                "top": _Examples(st.top, cols, ids_pad, real_pad),
+                "sample": _Examples(st.sample, cols, ids_pad, real_pad),
+                "hist": st.histogram()[cols].tolist(),
+                "fires": st.fires[cols].tolist(),
+                "pos": (side["pos"][0][cols].tolist(), _round(side["pos"][1][cols], 3)),
+                "neg": (side["neg"][0][cols].tolist(), _round(side["neg"][1][cols], 3)),
+                "near": (side["near"][0][cols].tolist(), _round(side["near"][1][cols], 3)),
+            }
             strings: dict[int, int] = {}
             latents = {}
-            for j in range(shard_start, min(shard_start + SHARD, width)):
-                latents[j] = _latent_record(j, lists, strings)
+            for j in range(cols.start, cols.stop):
+                latents[j] = _latent_record(j - cols.start, lists, strings)
             texts = [""] * len(strings)
             for tid, k in strings.items():
                 texts[k] = tok(tid)

@@ -67,24 +67,27 @@ class Examples:
         old = pick.clamp_max(n - 1)
         entry = cand_entry.gather(0, (pick - n).clamp_min(0))  # [n, width], -1 where not new
         self.keys = top
+        # A latent without a new example keeps its examples where they are (topk of keys sorted
+        # already), so only the changed ones are reordered.
         for name in ("values", "context", "position", "window"):
             kept = getattr(self, name)
-            index = old if name != "window" else old.unsqueeze(-1).expand(-1, -1, WINDOW)
-            setattr(self, name, kept.gather(0, index))
-        if len(changed) == 0:
-            return
-        is_new = new[:, changed]
-        tok = token[entry[:, changed].clamp_min(0)]
-        ctx, pos = tok // t, tok % t
-        lat = changed.expand(n, -1)
-        where = pos.unsqueeze(-1) + torch.arange(WINDOW) - BEFORE  # [n, changed, WINDOW]
-        inside = (where >= 0) & (where < t)
-        window = codes[ctx.unsqueeze(-1), where.clamp(0, t - 1), lat.unsqueeze(-1)] * inside
-        sub = (slice(None), changed)
-        self.values[sub] = torch.where(is_new, codes[ctx, pos, lat], self.values[sub])
-        self.context[sub] = torch.where(is_new, ctx + first_context, self.context[sub])
-        self.position[sub] = torch.where(is_new, pos, self.position[sub])
-        self.window[sub] = torch.where(is_new.unsqueeze(-1), window, self.window[sub])
+            index = old[:, changed] if name != "window" else old[:, changed].unsqueeze(-1).expand(-1, -1, WINDOW)
+            kept[:, changed] = kept[:, changed].gather(0, index)
+        # New examples' windows, a block of latents at a time (the index tensors are int64
+        # [n, block, WINDOW]: unblocked, a 65k-latent chunk would need gigabytes of them).
+        for block in changed.split(4096):
+            is_new = new[:, block]
+            tok = token[entry[:, block].clamp_min(0)]
+            ctx, pos = tok // t, tok % t
+            lat = block.expand(n, -1)
+            where = pos.unsqueeze(-1) + torch.arange(WINDOW) - BEFORE  # [n, block, WINDOW]
+            inside = (where >= 0) & (where < t)
+            window = codes[ctx.unsqueeze(-1), where.clamp_(0, t - 1), lat.unsqueeze(-1)] * inside
+            sub = (slice(None), block)
+            self.values[sub] = torch.where(is_new, codes[ctx, pos, lat], self.values[sub])
+            self.context[sub] = torch.where(is_new, ctx + first_context, self.context[sub])
+            self.position[sub] = torch.where(is_new, pos, self.position[sub])
+            self.window[sub] = torch.where(is_new.unsqueeze(-1), window, self.window[sub])
 
 
 def best_per_latent(keys: Tensor, latent: Tensor, n: int, width: int) -> tuple[Tensor, Tensor]:
