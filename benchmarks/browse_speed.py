@@ -91,20 +91,25 @@ def wide(rows: list, results: dict, tokens: int) -> None:
         site = root / f"site-{width}"
         before = load()
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "saezoo.cli", "browse", str(run), "--tokens", str(tokens), "--out", str(site), "-q"],
+        proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "saezoo.cli", "browse", str(run), "--tokens", str(tokens), "--out", str(site), "-q"],
                               capture_output=True, text=True, env={**os.environ, "SAEZOO_CACHE": str(root / "cache")})
         build = time.perf_counter() - started
         if proc.returncode != 0:
             raise SystemExit(proc.stderr)
+        rss_gb = peak_rss_gb(proc.stderr)
         files = list((site / "data").iterdir())
         index_mb = (site / "data" / "index.js").stat().st_size / 1e6
         shard_kb = statistics.median(f.stat().st_size for f in files if f.name != "index.js") / 1e3
         times = render_times(site)
         results[f"wide_{width}"] = {"build_s": build, "tokens": tokens, "files": len(files), "index_mb": index_mb,
-                                    "median_shard_kb": shard_kb, "render_s": times, "load_before": before, "load_after": load()}
+                                    "median_shard_kb": shard_kb, "render_s": times, "peak_rss_gb": rss_gb, "load_before": before, "load_after": load()}
         rows.append([f"{width:,} latents (random flat, tiny Llama), {tokens:,} tokens", f"{build:.0f} s", f"{len(files):,} files, index {index_mb:.2f} MB, shard {shard_kb:.0f} kB",
-                     f"{statistics.median(times):.2f} s (of {', '.join(f'{t:.2f}' for t in times)})", "–", f"{before} / {load()}"])
+                     f"{statistics.median(times):.2f} s (of {', '.join(f'{t:.2f}' for t in times)})", f"{rss_gb:.2f} GB", f"{before} / {load()}"])
     shutil.rmtree(root)
+
+
+def peak_rss_gb(time_v: str) -> float:
+    return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_v).group(1)) / 1024**2
 
 
 def smollm2(rows: list, results: dict, tokens: int, keep: Path | None) -> None:
@@ -118,7 +123,7 @@ def smollm2(rows: list, results: dict, tokens: int, keep: Path | None) -> None:
     text = proc.stderr
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text).group(1)
     seconds = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.split(":"))))
-    rss_gb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1)) / 1024**2
+    rss_gb = peak_rss_gb(text)
     cpu = float(re.search(r"User time \(seconds\): (\S+)", text).group(1)) + float(re.search(r"System time \(seconds\): (\S+)", text).group(1))
     summary = json.loads((out / "saezoo-browse.json").read_text())
     results["smollm2_flat"] = {"wall_s": seconds, "cpu_s": cpu, "peak_rss_gb": rss_gb, "tokens": summary["tokens"], "load_before": before, "load_after": after, "stdout": proc.stdout.strip()}
