@@ -2,6 +2,7 @@
 
     python benchmarks/browse_speed.py --wide          # 4,608- and 65,536-latent sites: build, size, index render
     python benchmarks/browse_speed.py --smollm2       # saezoo browse smollm2-flat --tokens 100000 under /usr/bin/time -v
+    python benchmarks/browse_speed.py --sites DIR...  # only the index render time of sites built already
 
 ``--wide`` builds the sites from random flat SAEs (encoder rows = decoder rows, bias at −3σ of
 the pre-activations: about 0.13 % density) on a tiny random Llama (d 64, the test suite's
@@ -97,15 +98,21 @@ def wide(rows: list, results: dict, tokens: int) -> None:
         if proc.returncode != 0:
             raise SystemExit(proc.stderr)
         rss_gb = peak_rss_gb(proc.stderr)
-        files = list((site / "data").iterdir())
-        index_mb = (site / "data" / "index.js").stat().st_size / 1e6
-        shard_kb = statistics.median(f.stat().st_size for f in files if f.name != "index.js") / 1e3
-        times = render_times(site)
-        results[f"wide_{width}"] = {"build_s": build, "tokens": tokens, "files": len(files), "index_mb": index_mb,
-                                    "median_shard_kb": shard_kb, "render_s": times, "peak_rss_gb": rss_gb, "load_before": before, "load_after": load()}
-        rows.append([f"{width:,} latents (random flat, tiny Llama), {tokens:,} tokens", f"{build:.0f} s", f"{len(files):,} files, index {index_mb:.2f} MB, shard {shard_kb:.0f} kB",
-                     f"{statistics.median(times):.2f} s (of {', '.join(f'{t:.2f}' for t in times)})", f"{rss_gb:.2f} GB", f"{before} / {load()}"])
+        row = measure_site(site, results, f"wide_{width}")
+        results[f"wide_{width}"].update({"build_s": build, "tokens": tokens, "peak_rss_gb": rss_gb, "load_before": before})
+        rows.append([f"{width:,} latents (random flat, tiny Llama), {tokens:,} tokens", f"{build:.0f} s", *row[:2], f"{rss_gb:.2f} GB", f"{before} / {row[2]}"])
     shutil.rmtree(root)
+
+
+def measure_site(site: Path, results: dict, key: str) -> list[str]:
+    """Shard files, index size and index render times of a built site: (data, render, load after) cells."""
+    files = list((site / "data").iterdir())
+    index_mb = (site / "data" / "index.js").stat().st_size / 1e6
+    shard_kb = statistics.median(f.stat().st_size for f in files if f.name != "index.js") / 1e3
+    times = render_times(site)
+    results[key] = {"files": len(files), "index_mb": index_mb, "median_shard_kb": shard_kb, "render_s": times, "load_after": load()}
+    return [f"{len(files):,} files, index {index_mb:.2f} MB, shard {shard_kb:.0f} kB",
+            f"{statistics.median(times):.2f} s (of {', '.join(f'{t:.2f}' for t in times)})", load()]
 
 
 def peak_rss_gb(time_v: str) -> float:
@@ -136,8 +143,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wide", action="store_true")
     parser.add_argument("--smollm2", action="store_true")
-    parser.add_argument("--wide-tokens", type=int, default=8192)
+    parser.add_argument("--wide-tokens", type=int, default=2048)
     parser.add_argument("--smollm2-tokens", type=int, default=100_000)
+    parser.add_argument("--sites", type=Path, nargs="*", default=[], help="sites built already: their index render time only")
     parser.add_argument("--keep", type=Path, help="--smollm2: write the site here and keep it (for a screenshot)")
     args = parser.parse_args()
     results_file = ROOT / "benchmarks" / "browse.json"
@@ -145,6 +153,11 @@ def main() -> None:
     rows: list = []
     if args.wide:
         wide(rows, results, args.wide_tokens)
+    for site in args.sites:
+        meta = json.loads((site / "saezoo-browse.json").read_text())
+        before = load()
+        row = measure_site(site, results, f"site_{site.name}")
+        rows.append([f"{site.name}: {meta['title']}, {meta['tokens']:,} tokens", "–", *row[:2], "–", f"{before} / {row[2]}"])
     if args.smollm2:
         smollm2(rows, results, args.smollm2_tokens, args.keep)
     results_file.write_text(json.dumps(results, indent=2) + "\n")
