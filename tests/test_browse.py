@@ -49,16 +49,15 @@ def test_top_examples_equal_a_brute_force_sort():
             assert torch.equal(st.top.window[i, j], padded[ctx, pos : pos + BEFORE + 1 + AFTER, j])
 
 
-def test_counts_histogram_reservoir_and_cofiring_equal_brute_force():
+def test_counts_histogram_reservoir_and_record_equal_brute_force():
     codes = sparse_codes(11, 7, 5, seed=1)
-    st = fed(codes, chunk=4, samples=6, cofire=True)
+    st = fed(codes, chunk=4, samples=6, keep_codes=True)
     flat = codes.reshape(-1, 5)
     firing = flat > 0
     assert torch.equal(st.fires, firing.sum(0))
     assert torch.equal(st.histogram().sum(1), firing.sum(0))
     assert st.tokens == len(flat)
-    pairs = firing.int().T @ firing.int()
-    assert torch.equal(st.cofire.view(5, 5), pairs)
+    assert torch.equal(st.record.firing(torch.arange(5)), firing)  # the codes kept for the tree
     # Every reservoir entry is a real firing of its latent, and no firing is drawn twice.
     for j in range(5):
         taken = [(int(c), int(p)) for c, p, v in zip(st.sample.context[:, j], st.sample.position[:, j], st.sample.values[:, j]) if v > 0]
@@ -87,20 +86,6 @@ def test_histogram_bins_by_log_activation():
     h = st.histogram()[0]
     assert int(h.sum()) == 5
     assert h[0] == 1 and h[HIST_BINS // 6] == 1 and h[HIST_BINS // 2] == 1 and h[-1] == 2
-
-
-def test_inferred_parent_is_the_more_frequent_latent_covering_most():
-    # Latent 0 fires everywhere, 1 on half the tokens, 2 on a quarter (inside 1), 3 alone.
-    t = 16
-    codes = torch.zeros(1, t, 4)
-    codes[0, :, 0] = 1
-    codes[0, :8, 1] = 1
-    codes[0, :4, 2] = 1
-    codes[0, 12:, 3] = 1
-    codes[0, :4, 0] = 0  # 0 misses 2's tokens: 2's parent is 1, not the more frequent 0
-    st = fed(codes, chunk=1, cofire=True)
-    assert st.inferred_parents(0.5).tolist() == [-1, 0, 1, 0]
-    assert st.inferred_parents(1.01).tolist() == [-1, -1, -1, -1]
 
 
 # --- a planted SAE on a tiny real model -----------------------------------------------------------

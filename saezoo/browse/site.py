@@ -33,13 +33,11 @@ from saezoo.browse.load import Target, check_same_source
 from saezoo.browse.stats import BEFORE, WINDOW, LatentStats, bin_edges
 from saezoo.config import run_from_dict
 from saezoo.errors import UsageError
-from saezoo.hierarchy import EDGE_CONDITIONAL
+from saezoo.hierarchy import INFERRED_PARENT_SHARE, Cofiring
 
 STATIC = Path(__file__).parent / "static"
 MARKER = "saezoo-browse.json"
 SHARD = 64
-# Co-firing counts cost width² int32: the inferred tree is built up to this width.
-COFIRE_MAX_WIDTH = 8192
 # Elements of codes handled at once ([contexts, T, width] float32: 64 MB).
 CHUNK_ELEMENTS = 1 << 24
 TOP_K, SAMPLES, SHOWN_SAMPLES, N_TOKENS, N_NEAR = 20, 24, 6, 10, 8
@@ -97,7 +95,7 @@ def _build_into(tmp: Path, targets: list[Target], run, tokens: int, dev, progres
         if t.sae.d_in != source.d_in:
             raise UsageError(f"{t.label}: the SAE reads {t.sae.d_in}-dimensional activations, the source gives {source.d_in}")
     stats = [
-        LatentStats(s.width, TOP_K, SAMPLES, cofire=s.latent_parents() is None and s.width <= COFIRE_MAX_WIDTH)
+        LatentStats(s.width, TOP_K, SAMPLES, keep_codes=s.latent_parents() is None)
         for s in saes
     ]
     counted = _pass(source, saes, stats, input_ids, mask, threshold, tokens, dev, progress)
@@ -187,8 +185,8 @@ def _side_data(target: Target, sae, st: LatentStats, model, tok: _TokenText) -> 
     tree = None
     if parents is not None:
         tree = {"kind": "structural", "parents": parents.tolist()}
-    elif st.cofire is not None:
-        tree = {"kind": "inferred", "parents": st.inferred_parents(EDGE_CONDITIONAL).tolist(), "min_share": EDGE_CONDITIONAL}
+    else:  # the hierarchy metrics' inferred tree, from the same codes
+        tree = {"kind": "inferred", "parents": Cofiring(st.record, [torch.arange(sae.width)]).inferred.tolist(), "min_share": INFERRED_PARENT_SHARE}
     top_values = st.top.values[0]
     index = {
         "label": target.label,

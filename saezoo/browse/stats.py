@@ -11,8 +11,8 @@ chunk (no Python loop over latents):
   ``r`` largest keys are kept, the same running top-k), from which the page draws contexts of
   the lower activation quantiles;
 * its firing count and a histogram of its activations on fixed log-spaced bins;
-* optionally, how often each pair of latents fires on the same token (for the inferred tree),
-  counted from the chunk's non-zero entries only.
+* optionally, the non-zero codes themselves, sparse (:class:`saezoo.hierarchy.CodeRecord`),
+  from which :class:`saezoo.hierarchy.Cofiring` infers the tree.
 
 Nothing of size ``[tokens, width]`` outlives a chunk.
 """
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from saezoo.hierarchy import CodeRecord
 
 # Positions shown before and after the token of an example.
 BEFORE, AFTER = 15, 5
@@ -110,17 +112,18 @@ def best_per_latent(keys: Tensor, latent: Tensor, n: int, width: int) -> tuple[T
 class LatentStats:
     """Streaming statistics of ``width`` latents; see the module docstring.
 
-    ``k``: top examples per latent; ``samples``: reservoir size; ``cofire``: count co-firing
-    pairs (memory ``width²`` int32, so only for modest widths); ``seed``: the reservoir's keys.
+    ``k``: top examples per latent; ``samples``: reservoir size; ``keep_codes``: keep the non-zero
+    codes (a :class:`saezoo.hierarchy.CodeRecord`, tokens × L0 entries) for the inferred tree;
+    ``seed``: the reservoir's keys.
     """
 
-    def __init__(self, width: int, k: int = 20, samples: int = 24, cofire: bool = False, seed: int = 0):
+    def __init__(self, width: int, k: int = 20, samples: int = 24, keep_codes: bool = False, seed: int = 0):
         self.width = width
         self.top = Examples.empty(k, width)
         self.sample = Examples.empty(samples, width)
         self.fires = torch.zeros(width, dtype=torch.int64)
         self.hist = torch.zeros(width * HIST_BINS, dtype=torch.int64)
-        self.cofire = torch.zeros(width * width, dtype=torch.int32) if cofire else None
+        self.record = CodeRecord(width) if keep_codes else None
         self.tokens = 0
         self._generator = torch.Generator().manual_seed(seed)
         self._contexts = 0
@@ -139,45 +142,14 @@ class LatentStats:
         self.fires += torch.bincount(latent, minlength=width)
         bins = ((values.log10() - HIST_LO) / (HIST_HI - HIST_LO) * HIST_BINS).long().clamp_(0, HIST_BINS - 1)
         self.hist += torch.bincount(latent * HIST_BINS + bins, minlength=width * HIST_BINS)
-        if self.cofire is not None:
-            self._count_pairs(token, latent)
+        if self.record is not None:
+            self.record.add(flat)
         self.tokens += tokens
         self._contexts += c
-
-    def _count_pairs(self, token: Tensor, latent: Tensor) -> None:
-        """Add 1 for every ordered pair of latents firing on one token (nonzero() lists the
-        entries token by token, so each token's latents are one contiguous run)."""
-        counts = torch.bincount(token)
-        counts = counts[counts > 0]
-        starts = torch.cumsum(counts, 0) - counts
-        per_entry = counts.repeat_interleave(counts)  # the size of each entry's run
-        entry = torch.arange(len(latent)).repeat_interleave(per_entry)
-        first = starts.repeat_interleave(counts).repeat_interleave(per_entry)
-        partner = first + (torch.arange(len(entry)) - torch.repeat_interleave(torch.cumsum(per_entry, 0) - per_entry, per_entry))
-        self.cofire.index_add_(0, latent[entry] * self.width + latent[partner], torch.ones(len(entry), dtype=torch.int32))
 
     def histogram(self) -> Tensor:
         """``[width, HIST_BINS]`` counts."""
         return self.hist.view(self.width, HIST_BINS)
-
-    def inferred_parents(self, min_share: float) -> Tensor:
-        """Each latent's parent: of the latents that fire more often (ties: the lower index),
-        the one firing on the largest share of its tokens, when that share is at least
-        ``min_share``; else -1."""
-        if self.cofire is None:
-            raise RuntimeError("co-firing was not counted")
-        counts = self.cofire.view(self.width, self.width)
-        order = torch.argsort(self.fires, descending=True, stable=True)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(self.width)
-        parents = torch.full((self.width,), -1, dtype=torch.int64)
-        for start in range(0, self.width, 1024):  # rows in blocks: no width² float temporary
-            rows = torch.arange(start, min(start + 1024, self.width))
-            share = counts[rows].double() / self.fires[rows].clamp_min(1).double().unsqueeze(1)
-            share[rank.unsqueeze(0) >= rank[rows].unsqueeze(1)] = -1  # only more frequent latents
-            best, parent = share.max(dim=1)
-            parents[rows] = torch.where(best >= min_share, parent, -1)
-        return parents
 
 
 def bin_edges() -> list[float]:
