@@ -251,6 +251,25 @@ def case(env, row: str):
         return ["train", "flat", *SYN, "--set", "sae.expansion_factor=1000000000000", "--out", str(r / "oom")], {}, ["out of memory", "GiB asked for at once"]
     if row == "int-out-of-range":
         return ["train", "flat", *SYN, "--seed", "99999999999999999999", "--out", str(r / "bigseed")], {}, ["train.seed", "out of range"]
+    if row == "browse-not-a-run":
+        (r / "notes.txt").write_text("x")
+        return ["browse", str(r / "notes.txt")], {}, ["notes.txt: not a run directory, SAELens directory or registry entry"]
+    if row == "browse-tokens":
+        return ["browse", str(env["run"]), "--tokens", "0"], {}, ["--tokens must be >= 1, got 0"]
+    if row == "browse-out-is-file":
+        (r / "notes.txt").write_text("x")
+        return ["browse", str(env["run"]), "--out", str(r / "notes.txt")], {}, ["notes.txt: is a file"]
+    if row == "browse-out-not-site":
+        return ["browse", str(env["run"]), "--out", str(env["run"])], {}, ["holds other files"]
+    if row == "browse-too-many":
+        return ["browse", *[str(env["run"])] * 3], {}, ["one run, or two", "got 3"]
+    if row == "browse-different-sources":
+        runs = [copy_run(env, name) for name in ("src-a", "src-b")]
+        for run, dataset in zip(runs, ("one.txt", "two.txt")):
+            edit_cfg(run, lambda c, d=dataset: c.update(data={"source": "model", "model": env["model"], "dataset": d, "hook": "model.layers.1"}))
+        return ["browse", *map(str, runs), "--out", str(r / "site-ab")], {}, ["read different activations", "'one.txt' vs 'two.txt'"]
+    if row == "browse-synthetic":
+        return ["browse", str(env["run"]), "--out", str(r / "site-syn")], {}, ["browse needs text", "'synthetic'"]
     raise KeyError(row)
 
 
