@@ -205,7 +205,9 @@ def case(env, row: str):
         return ["eval", str(run)], {}, ["train: expected a table of settings"]
     if row == "damaged-trainer-state":
         run = copy_run(env, "trainerstate")
-        state = run / "state" / "trainer.json"
+        from saezoo.checkpoint import checkpoint_dir
+
+        state = checkpoint_dir(run) / "trainer.json"
         state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "scale"}))
         return ["train", "--resume", str(run), "-q"], {}, ["damaged trainer state", "scale"]
     if row == "unchecked-weights":
