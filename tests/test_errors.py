@@ -222,6 +222,8 @@ def case(env, row: str):
         return ["train", "flat", *SYN, "--set", "sae.expansion_factor=1000000000000", "--out", str(r / "oom")], {}, ["out of memory", "GiB asked for at once"]
     if row == "int-out-of-range":
         return ["train", "flat", *SYN, "--seed", "99999999999999999999", "--out", str(r / "bigseed")], {}, ["train.seed", "out of range"]
+    if row == "context-too-long":
+        return ["train", "flat", *model, "--context-length", "100000", "--out", str(r / "longctx")], {}, ["context_length 100000", "256 positions"]
     raise KeyError(row)
 
 
