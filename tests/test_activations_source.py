@@ -167,7 +167,7 @@ def test_killed_harvest_leaves_no_usable_cache(tmp_path, llama_dir, corpus_file)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # importing torch and transformers took over 120 s on a loaded 2-core machine
         while not list(activations_dir(tmp_path).glob(".tmp-*/shard-00002.safetensors")):
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "the harvest wrote no shard in time"

@@ -272,6 +272,8 @@ def case(env, row: str):
         return ["browse", *map(str, runs), "--out", str(r / "site-ab")], {}, ["read different activations", "'one.txt' vs 'two.txt'"]
     if row == "browse-synthetic":
         return ["browse", str(env["run"]), "--out", str(r / "site-syn")], {}, ["browse needs text", "'synthetic'"]
+    if row == "context-too-long":
+        return ["train", "flat", *model, "--context-length", "100000", "--out", str(r / "longctx")], {}, ["context_length 100000", "256 positions"]
     raise KeyError(row)
 
 

@@ -114,11 +114,15 @@ def _read_entry(path: Path, verify: bool = False) -> tuple[CacheEntry | None, st
         manifest = json.loads((path / MANIFEST).read_text())
         shards = manifest["shards"]
         checks = [(str(shard["file"]), int(shard["bytes"]), str(shard["sha256"])) for shard in shards]
-        _ = (manifest["key"], manifest["n_tokens"], manifest["d_in"], [int(shard["n"]) for shard in shards])
+        for field in ("key", "n_tokens", "d_in", "hook"):  # what readers take from it
+            manifest[field]
+        sizes = [int(shard["n"]) for shard in shards]
     except FileNotFoundError:
         return None, "no manifest"
     except (OSError, ValueError, TypeError, KeyError) as exc:
         return None, f"unreadable manifest ({type(exc).__name__}: {exc})"
+    if sum(sizes) != manifest["n_tokens"]:
+        return None, f"its shards hold {sum(sizes)} activations, the manifest says {manifest['n_tokens']}"
     for name, size, digest in checks:
         file = path / name
         if Path(name).name != name or not file.is_file():

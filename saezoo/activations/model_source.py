@@ -79,8 +79,9 @@ class ModelSource:
         shard_tokens: int = 65536,
         buffer_tokens: int = 131072,
     ):
+        if context_length < 2:  # the sink token and at least one token of text
+            raise UsageError(f"context_length must be at least 2, not {context_length}")
         for name, value in [
-            ("context_length", context_length),
             ("n_tokens", n_tokens),
             ("harvest_batch_size", harvest_batch_size),
             ("shard_tokens", shard_tokens),
@@ -141,14 +142,19 @@ class ModelSource:
     def model(self) -> nn.Module:
         """The language model (loaded on first access; a cache hit never needs it)."""
         if self._model is None:
-            self._model, self._tokenizer = load_model(self.model_name, self.device, self.model_dtype)
+            model, self._tokenizer = load_model(self.model_name, self.device, self.model_dtype)
+            config = getattr(model, "config", None)
+            positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+            if isinstance(positions, int) and self.context_length > positions:
+                raise UsageError(f"context_length {self.context_length} is longer than model {self.model_name!r} reads ({positions} positions)")
+            self._model = model
         return self._model
 
     @property
     def tokenizer(self) -> Any:
         """The model's tokenizer (loads the model on first access)."""
         if self._tokenizer is None:
-            self._model, self._tokenizer = load_model(self.model_name, self.device, self.model_dtype)
+            self.model  # loads both  # noqa: B018
         return self._tokenizer
 
     @property
