@@ -3,26 +3,36 @@
 Layout of a run directory::
 
     cfg.json              architecture, its config, d_in, data source, saezoo version
-    sae.safetensors       weights for raw activations (normalisation folded in)
-    state/trainer.json    step, counters, curriculum state, ... (resume)
-    state/trainer.safetensors  training-space weights, optimiser moments, RNG state
+    sae.safetensors       -> state/current/sae.safetensors (a symbolic link)
+    state/current         -> step-000130 (a symbolic link: the checkpoint)
+    state/step-000130/    one checkpoint, written whole before ``current`` points to it:
+        trainer.json          step, counters, curriculum state, ... (resume)
+        trainer.safetensors   training-space weights, optimiser moments, RNG state
+        sae.safetensors       weights for raw activations (normalisation folded in)
     metrics.json          the last evaluation
     tb/                   TensorBoard events
+    .lock                 held (flock) by the process training in the directory
 
-Every file is written to a temporary name and renamed, so a kill leaves the previous
-good file. Each safetensors file carries the sha256 of its tensors in its metadata and
-is checked on load. Weights are only ever read through safetensors: nothing a user hands
-us is unpickled.
+A checkpoint is three files, and a kill must never leave them from different steps: they
+are written into a new step directory, and one rename of the ``current`` link switches
+``--resume`` and ``eval`` (which both read through it) from the old step to the new one.
+Every file is written to a temporary name and renamed, so a kill leaves the previous good
+file. Each safetensors file carries the sha256 of its tensors in its metadata and is
+checked on load. Weights are only ever read through safetensors: nothing a user hands us
+is unpickled.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +51,8 @@ CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
 METRICS_FILE = "metrics.json"
 STATE_DIR = "state"
+CURRENT = "current"
+LOCK_FILE = ".lock"
 
 
 # --- atomic files ---------------------------------------------------------------------------
@@ -58,6 +70,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if _out_of_space(exc):
@@ -73,8 +86,26 @@ def _out_of_space(exc: BaseException) -> bool:
     return any(marker in text for marker in ("No space left", "File too large", "Disk quota", "os error 28", "os error 27"))
 
 
+def fsync_dir(directory: Path) -> None:
+    """Make the renames inside ``directory`` durable (they live in the directory itself)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def point(link: Path, target: str) -> None:
+    """Make ``link`` a symbolic link to ``target`` in one rename: readers see the old target or the new one."""
+    tmp = link.parent / f".{link.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    fsync_dir(link.parent)
+
+
 def remove_temporaries(directory: Path) -> None:
-    """Delete what a killed :func:`atomic_write` left behind (never a finished file)."""
+    """Delete what a killed :func:`atomic_write` or :func:`point` left behind (never a finished file)."""
     for tmp in Path(directory).rglob(".*.tmp"):
         tmp.unlink(missing_ok=True)
 
@@ -127,6 +158,89 @@ def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     if expected is not None and tensor_digest(tensors) != expected:
         raise UsageError(f"{path}: checksum mismatch, the file was altered or damaged; retrain or restore it")
     return tensors, metadata
+
+
+# --- checkpoints: one step directory, switched in by one rename ---------------------------------
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def checkpoint_dir(run_dir: Path) -> Path | None:
+    """The directory of the run's checkpoint; None if the run stopped before its first one."""
+    state = Path(run_dir) / STATE_DIR
+    current = state / CURRENT
+    if current.is_symlink():
+        return state / os.readlink(current)
+    # Without the link, only a kill inside the first save leaves something: its step-0 directory.
+    if current.exists() or (state / "trainer.json").exists() or any(p.name != step_dir_name(0) for p in state.glob("step-*")):
+        raise UsageError(
+            f"{state}: holds a checkpoint but no {CURRENT} link to it (a copy that did not keep symbolic links, "
+            "or a run of an older saezoo), so it cannot be resumed; copy run directories with `cp -a`"
+        )
+    return None
+
+
+def write_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None]) -> None:
+    """Call ``write(directory)`` to fill a new step directory, then make it the checkpoint.
+
+    Until the ``current`` link is renamed over, resume and eval read the previous
+    checkpoint whole; from then on the new one. Step directories that are not the
+    checkpoint (the previous one, or one a kill left half-written) are removed after.
+    """
+    run_dir = Path(run_dir)
+    state = run_dir / STATE_DIR
+    name = step_dir_name(step)
+    directory = state / name
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        # A kill can leave a half-written directory of this step; the checkpoint itself is
+        # never overwritten (the trainer saves a step once).
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir()
+        write(directory)
+        fsync_dir(directory)
+        weights = run_dir / WEIGHTS_FILE
+        link = f"{STATE_DIR}/{CURRENT}/{WEIGHTS_FILE}"
+        if not (weights.is_symlink() and os.readlink(weights) == link):
+            point(weights, link)  # dangling until the first checkpoint is switched in
+        point(state / CURRENT, name)
+    except OSError as exc:
+        if _out_of_space(exc):
+            raise UsageError(f"cannot write {directory}: no space left ({exc}); free some space or choose another --out") from None
+        raise
+    for old in state.glob("step-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory for this process: a second process training into or resuming
+    it refuses instead of rolling its checkpoint back. The kernel drops an flock when the
+    process dies, however it dies, so the lock is never left stale."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot open the run directory's lock file ({exc.strerror}); remove it if it is not a file") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise UsageError(
+            f"{run_dir} is in use by another saezoo process{f' (pid {holder})' if holder.isdigit() else ''}; "
+            "wait for it to finish or stop it"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 # --- SAEs -------------------------------------------------------------------------------------
@@ -191,6 +305,8 @@ def load_sae(run_dir: Path | str, device: str | torch.device = "cpu") -> tuple[S
     if not isinstance(cfg["sae"], dict):
         raise UsageError(f"{run_dir / CFG_FILE}: 'sae' must be an object")
     sae = build_sae(cfg["architecture"], cfg["d_in"], cfg["sae"])
+    if not (run_dir / WEIGHTS_FILE).exists() and checkpoint_dir(run_dir) is None:
+        raise UsageError(f"{run_dir}: no weights yet, the run stopped before its first checkpoint; continue it with: saezoo train --resume {run_dir}")
     tensors, _ = load_tensors(run_dir / WEIGHTS_FILE)
     load_state(sae, tensors, run_dir / WEIGHTS_FILE)
     return sae.to(device).eval(), cfg

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -70,8 +72,6 @@ def _options(source, model, hook, dataset, context_length, steps, batch_size, se
 def _prepare_out(out: Optional[Path], name: str) -> Path:
     if out is None:
         out = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (out / "cfg.json").exists():
-        raise UsageError(f"--out {out} already holds a run; resume it with --resume {out} or choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -79,6 +79,12 @@ def _prepare_out(out: Optional[Path], name: str) -> Path:
     if not os.access(out, os.W_OK):
         raise UsageError(f"--out {out}: not writable")
     return out
+
+
+def _check_empty(out: Path) -> None:
+    """Refuse a directory that holds a run (checked under its lock: two runs cannot both pass)."""
+    if (out / "cfg.json").exists():
+        raise UsageError(f"--out {out} already holds a run; resume it with --resume {out} or choose another --out")
 
 
 @app.command()
@@ -133,20 +139,25 @@ def train(
             tokens=tokens,
         )
         out_dir = _prepare_out(out, architecture)
-    distributed.barrier()  # every rank has checked --out before rank 0 writes into it
-    src = build_source(
-        run.data, tokens=run.train.steps * run.train.batch_size, seed=run.train.seed,
-        device=str(resolve_device(run.train.device)),
-    )
-    metrics = run_training(run, out_dir, src, resume=resume is not None, progress=not quiet)
-    if not distributed.is_main():
-        return
-    _print_metrics(metrics, title=f"{run.architecture} -> {out_dir}")
-    if register is not None:
-        from saezoo import catalog
+    with ExitStack() as held:
+        if distributed.is_main():  # rank 0 alone writes into the directory
+            held.enter_context(checkpoint.run_lock(out_dir))
+        if resume is None:
+            _check_empty(out_dir)
+        distributed.barrier()  # every rank has checked --out before rank 0 writes into it
+        src = build_source(
+            run.data, tokens=run.train.steps * run.train.batch_size, seed=run.train.seed,
+            device=str(resolve_device(run.train.device)),
+        )
+        metrics = run_training(run, out_dir, src, resume=resume is not None, progress=not quiet)
+        if not distributed.is_main():
+            return
+        _print_metrics(metrics, title=f"{run.architecture} -> {out_dir}")
+        if register is not None:
+            from saezoo import catalog
 
-        path = catalog.register_run(register, out_dir, metrics)
-        typer.echo(f"registered as {register}: {path}")
+            path = catalog.register_run(register, out_dir, metrics)
+            typer.echo(f"registered as {register}: {path}")
 
 
 @app.command("eval")
@@ -423,8 +434,12 @@ def _print_metrics(metrics: dict[str, float], title: str) -> None:
 
 def main() -> None:
     """Console entry point: one line on stderr and a meaningful exit code for every known error."""
+    # SIGTERM stops every command the way Ctrl-C does (exit 130 and one line), never with a
+    # silent 143; training refines it (see saezoo.train.StopSignals).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        app(standalone_mode=False)
+        # Typer turns a KeyboardInterrupt inside a command into the return value 130.
+        interrupted = app(standalone_mode=False) == 130
     except SaezooError as exc:
         print(f"saezoo: error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
         sys.exit(exc.exit_code)
@@ -435,7 +450,9 @@ def main() -> None:
         print("saezoo: aborted", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:
-        print("saezoo: interrupted", file=sys.stderr)
+        interrupted = True
+    if interrupted:
+        print("saezoo: interrupted by SIGINT or SIGTERM", file=sys.stderr)
         sys.exit(130)
 
 

@@ -171,11 +171,13 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> di
             raise UsageError(f"registry entry {v.entry.name!r} has d_in {v.entry.d_in}, the stream has {source.d_in}")
     out.mkdir(parents=True, exist_ok=True)
     dirs = [out / _safe(v.label) for v in trained]
-    for d in dirs:
-        if (d / checkpoint.CFG_FILE).exists():
-            raise UsageError(f"--out {out} already holds a comparison ({d.name}); choose another --out")
-    # The variants' spliced CE/KL come from one shared set of runs below, not from each run's final evaluation.
-    train_many([v.run for v in trained], dirs, source, progress=progress, downstream=False)
+    # Checked and trained under the lock: of two compares into one --out, the second refuses.
+    with checkpoint.run_lock(out):
+        for d in dirs:
+            if (d / checkpoint.CFG_FILE).exists():
+                raise UsageError(f"--out {out} already holds a comparison ({d.name}); choose another --out")
+        # The variants' spliced CE/KL come from one shared set of runs below, not from each run's final evaluation.
+        train_many([v.run for v in trained], dirs, source, progress=progress, downstream=False)
 
     eval_x = source.eval_activations(base.train.eval_tokens)
     saes = {}

@@ -131,9 +131,12 @@ class Trainee:
         self.open_writer()
         self.save_checkpoint()
 
-    def resume(self) -> None:
-        state_dir = self.out_dir / ckpt.STATE_DIR
+    def resume(self) -> bool:
+        """Load the run's checkpoint; False if it has none (it stopped before its first)."""
         ckpt.remove_temporaries(self.out_dir)
+        state_dir = ckpt.checkpoint_dir(self.out_dir)
+        if state_dir is None:
+            return False
         meta = ckpt.read_json(state_dir / "trainer.json", "trainer state")
         tensors, _ = ckpt.load_tensors(state_dir / "trainer.safetensors")
         ckpt.load_state(self.sae, {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, state_dir)
@@ -158,6 +161,7 @@ class Trainee:
         self.curriculum.load_state_dict(meta["curriculum"])
         self.last_checkpoint = self.step
         self.open_writer()
+        return True
 
     def open_writer(self) -> None:
         if distributed.is_main():
@@ -297,6 +301,8 @@ class Trainee:
         return metrics
 
     def save_checkpoint(self) -> None:
+        if self.last_checkpoint == self.step:
+            return  # saved already: steps are what change the state, and none was taken since
         if not distributed.is_main():
             self.last_checkpoint = self.step
             return
@@ -309,21 +315,23 @@ class Trainee:
         tensors["rng_cpu"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        state_dir = self.out_dir / ckpt.STATE_DIR
-        ckpt.save_tensors(state_dir / "trainer.safetensors", tensors)
-        ckpt.write_json(
-            state_dir / "trainer.json",
-            {
-                "step": self.step,
-                "scale": self.scale,
-                "nonfinite_total": self.nonfinite_total,
-                "nonfinite_run": self.nonfinite_run,
-                "stats": self.stats,
-                "curriculum": self.curriculum.state_dict(),
-                "optimizer_param_groups": opt_state["param_groups"],
-            },
-        )
-        ckpt.save_sae(self.out_dir, self.inference_copy())
+        meta = {
+            "step": self.step,
+            "scale": self.scale,
+            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_run": self.nonfinite_run,
+            "stats": self.stats,
+            "curriculum": self.curriculum.state_dict(),
+            "optimizer_param_groups": opt_state["param_groups"],
+        }
+        inference = self.inference_copy()
+
+        def write(directory: Path) -> None:
+            ckpt.save_tensors(directory / "trainer.safetensors", tensors)
+            ckpt.write_json(directory / "trainer.json", meta)
+            ckpt.save_sae(directory, inference)
+
+        ckpt.write_checkpoint(self.out_dir, self.step, write)
         self.last_checkpoint = self.step
         if self.writer is not None:
             self.writer.flush()
@@ -336,20 +344,63 @@ class Trainee:
 # --- the loop ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def stop_on_signals() -> Iterator[list[str]]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps."""
-    received: list[str] = []
+class StopSignals:
+    """SIGINT/SIGTERM over a whole run.
 
-    def handler(signum, frame):  # noqa: ARG001
-        received.append(signal.Signals(signum).name)
+    Outside :meth:`deferred`, the first signal raises KeyboardInterrupt where it lands. That
+    is safe anywhere: every file, and every checkpoint as a whole, is switched in by one
+    rename, so the disk holds a whole old or a whole new version. Inside (the training loop
+    and the final save) it is only recorded, and the loop stops at the next step boundary
+    after saving a checkpoint, so no finished step is lost. Later signals are only recorded:
+    the first one's stop is under way.
+    """
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.deferring = False
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        self.received.append(signal.Signals(signum).name)
+        if not self.deferring and len(self.received) == 1:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+
+    @property
+    def name(self) -> str:
+        return self.received[0] if self.received else "a stop signal"  # it came to another rank
+
+    def any_received(self, device: torch.device) -> bool:
+        """Whether any rank received a signal (every rank must ask at the same point)."""
+        return bool(distributed.any_rank(torch.tensor([len(self.received)], device=device)).item())
+
+
+def stopped_message(signal_name: str, trainees: Sequence[Trainee], during: str = "") -> str:
+    """What a stopped run left on disk, and how to go on from there."""
+    dirs = [str(t.out_dir) for t in trainees]
+    how = f"saezoo train --resume {dirs[0]}" if len(dirs) == 1 else f"saezoo train --resume DIR, for each of {' '.join(dirs)}"
+    head = f"{signal_name} received" + (f" during {during}" if during else "")
+    saved = [t.last_checkpoint for t in trainees]
+    if saved and None not in saved:
+        return f"{head}: checkpoint saved at step {min(saved)}; resume with: {how}"
+    if dirs and all((Path(d) / ckpt.CFG_FILE).exists() for d in dirs):
+        return f"{head}, before the first checkpoint; resume with: {how} (it starts from step 0)"
+    return f"{head}, before anything was saved; run the same command again"
 
 
 def train_many(
@@ -373,15 +424,55 @@ def train_many(
     if batch_size % distributed.world():
         raise UsageError(f"train.batch_size {batch_size} must be divisible by the {distributed.world()} processes")
     main = distributed.is_main()
-    trainees = [Trainee(run, source.d_in, out, source.describe(), device) for run, out in zip(runs, out_dirs)]
-    eval_x = source.eval_activations(train_cfg.eval_tokens)
-    if resume:
+    trainees: list[Trainee] = []
+    stop = StopSignals()
+    during = "start-up"
+    try:
+        with stop.installed():
+            try:
+                for run, out in zip(runs, out_dirs):
+                    trainees.append(Trainee(run, source.d_in, out, source.describe(), device))
+                eval_x = source.eval_activations(train_cfg.eval_tokens)
+                fresh = [t for t in trainees if not (resume and t.resume())]
+                if fresh:
+                    sample = next(source.batches(INIT_TOKENS, start=0))
+                    for t in fresh:
+                        if resume and main:
+                            print(f"saezoo: note: {t.out_dir} holds no checkpoint (the run stopped before its first); starting it from step 0", file=sys.stderr)
+                        t.start(sample)
+                during = ""
+                with stop.deferred():
+                    failures = _train_loop(trainees, source, eval_x, stop, device, progress and main)
+                    for i, t in enumerate(trainees):
+                        if i not in failures:
+                            t.save_checkpoint()
+                if stop.any_received(device):
+                    raise Interrupted(stopped_message(stop.name, trainees))
+                during = "the final evaluation"
+                results = []
+                for i, t in enumerate(trainees):
+                    metrics = t.evaluate(eval_x, source, final=True, downstream=downstream) if main else {}
+                    if i in failures:
+                        # The weights are the last finite ones: skipped steps never update them.
+                        metrics.update({"diverged": 1.0})
+                        metrics["divergence"] = failures[i]  # type: ignore[assignment]
+                    results.append(metrics)
+                return results
+            except KeyboardInterrupt:
+                raise Interrupted(stopped_message(stop.name, trainees, during)) from None
+    finally:
         for t in trainees:
-            t.resume()
-    else:
-        sample = next(source.batches(INIT_TOKENS, start=0))
-        for t in trainees:
-            t.start(sample)
+            t.close()
+
+
+def _train_loop(
+    trainees: Sequence[Trainee], source: ActivationSource, eval_x: Tensor, stop: StopSignals, device: torch.device, progress: bool
+) -> dict[int, str]:
+    """Train every trainee to the last step; return the divergence messages of those that
+    stopped alone. A stop signal saves every checkpoint and raises :class:`Interrupted`."""
+    train_cfg = trainees[0].cfg
+    steps, batch_size = train_cfg.steps, train_cfg.batch_size
+    main = distributed.is_main()
     distinct = getattr(source, "n_tokens", None)
     if main and distinct is not None and distinct < steps * batch_size:
         print(
@@ -391,53 +482,35 @@ def train_many(
         )
     failures: dict[int, str] = {}
     start = min(t.step for t in trainees)
-    bar = _progress(progress and main)
-    task = bar.add_task(_describe(runs), total=steps, completed=start, tps=0.0, info="")
+    bar = _progress(progress)
+    task = bar.add_task(_describe([t.run for t in trainees]), total=steps, completed=start, tps=0.0, info="")
     tokens_done, t0 = 0, time.perf_counter()
-    try:
-        with stop_on_signals() as received, bar:
-            batches = source.batches(batch_size, start=start)
-            for step in range(start, steps):
-                x = distributed.shard(next(batches))
-                for i, t in enumerate(trainees):
-                    if t.step == step and i not in failures:
-                        try:
-                            t.train_step(x)
-                        except TrainingDiverged as exc:
-                            if len(trainees) == 1:
-                                raise
-                            failures[i] = str(exc)
-                tokens_done += x.shape[0] * distributed.world()
+    with bar:
+        batches = source.batches(batch_size, start=start)
+        for step in range(start, steps):
+            x = distributed.shard(next(batches))
+            for i, t in enumerate(trainees):
+                if t.step == step and i not in failures:
+                    try:
+                        t.train_step(x)
+                    except TrainingDiverged as exc:
+                        if len(trainees) == 1:
+                            raise
+                        failures[i] = str(exc)
+            tokens_done += x.shape[0] * distributed.world()
+            for t in trainees:
+                if main and train_cfg.eval_every and t.step % train_cfg.eval_every == 0 and t.step < steps:
+                    t.evaluate(eval_x, source)
+                if train_cfg.checkpoint_every and t.step % train_cfg.checkpoint_every == 0:
+                    t.save_checkpoint()
+            if stop.any_received(device):
                 for t in trainees:
-                    if main and train_cfg.eval_every and t.step % train_cfg.eval_every == 0 and t.step < steps:
-                        t.evaluate(eval_x, source)
-                    if train_cfg.checkpoint_every and t.step % train_cfg.checkpoint_every == 0:
-                        t.save_checkpoint()
-                if distributed.any_rank(torch.tensor([len(received)], device=device)).item():
-                    for t in trainees:
-                        t.save_checkpoint()
-                    where = " ".join(str(t.out_dir) for t in trainees)
-                    raise Interrupted(
-                        f"{received[0] if received else 'a stop signal'} received: checkpoint saved at step {step + 1}; "
-                        f"resume with: saezoo train --resume {where}"
-                    )
-                if (step + 1) % train_cfg.log_every == 0 or step + 1 == steps:
-                    elapsed = max(time.perf_counter() - t0, 1e-9)
-                    bar.update(task, completed=step + 1, tps=tokens_done / elapsed, info=_loss_text(trainees))
-        results = []
-        for i, t in enumerate(trainees):
-            if i not in failures:
-                t.save_checkpoint()
-            metrics = t.evaluate(eval_x, source, final=True, downstream=downstream) if main else {}
-            if i in failures:
-                # The weights are the last finite ones: skipped steps never update them.
-                metrics.update({"diverged": 1.0})
-                metrics["divergence"] = failures[i]  # type: ignore[assignment]
-            results.append(metrics)
-        return results
-    finally:
-        for t in trainees:
-            t.close()
+                    t.save_checkpoint()
+                raise Interrupted(stopped_message(stop.name, trainees))
+            if (step + 1) % train_cfg.log_every == 0 or step + 1 == steps:
+                elapsed = max(time.perf_counter() - t0, 1e-9)
+                bar.update(task, completed=step + 1, tps=tokens_done / elapsed, info=_loss_text(trainees))
+    return failures
 
 
 def train(run: RunConfig, out_dir: Path, source: ActivationSource, resume: bool = False, progress: bool = True) -> dict[str, float]:

@@ -72,3 +72,41 @@ def demo_cache(root: Path) -> Path:
     for name in ("models", "assets"):
         (cache / name).symlink_to(USER_CACHE / name)
     return cache
+
+
+def checkpoint_view(run: Path) -> tuple[int | None, str | None]:
+    """Read a run directory as `eval` and `--resume` read it: (the checkpoint's step, or None
+    if it has none yet; what is torn, or None). The three files of a checkpoint are of one
+    step when the weights eval scores are the checkpoint's training weights with the scale
+    folded in, and Adam's step count is the checkpoint's step (in a run without skipped steps)."""
+    import torch
+
+    from saezoo import checkpoint as ckpt
+    from saezoo.errors import UsageError
+
+    try:
+        state_dir = ckpt.checkpoint_dir(run)
+        if state_dir is None:
+            try:
+                ckpt.load_sae(run)
+            except UsageError:
+                return None, None
+            return None, "eval reads weights but resume finds no checkpoint"
+        meta = ckpt.read_json(state_dir / "trainer.json", "trainer state")
+        tensors, _ = ckpt.load_tensors(state_dir / "trainer.safetensors")
+        evaluated, cfg = ckpt.load_sae(run)
+    except UsageError as exc:
+        return None, f"unreadable: {exc}"
+    step = meta["step"]
+    adam = {float(v) for k, v in tensors.items() if k.startswith("opt.") and k.endswith(".step")}
+    if adam and adam != {float(step)}:
+        return step, f"trainer.json at step {step}, Adam at {sorted(adam)}"
+    resumed = ckpt.build_sae(cfg["architecture"], cfg["d_in"], cfg["sae"])
+    ckpt.load_state(resumed, {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, state_dir)
+    resumed = resumed.float()
+    resumed.fold_input_scale(meta["scale"])
+    theirs = evaluated.state_dict()
+    for name, value in resumed.state_dict().items():
+        if not torch.equal(value, theirs[name]):
+            return step, f"sae.safetensors is not the checkpoint's weights ({name}, step {step})"
+    return step, None

@@ -60,14 +60,17 @@ def env(tmp_path_factory):
     return {"root": root, "model": str(model), "data": str(data), "run": run}
 
 
-def copy_run(env, name: str) -> Path:
+def copy_run(env, name: str, symlinks: bool = False) -> Path:
     import shutil
 
     target = env["root"] / name
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(env["run"], target)
+    shutil.copytree(env["run"], target, symlinks=symlinks)
     return target
+
+
+HELD_LOCKS: list[int] = []  # file descriptors kept open (their flock held) for the rest of the session
 
 
 def edit_cfg(run: Path, change) -> None:
@@ -153,11 +156,35 @@ def case(env, row: str):
         edit_cfg(run, lambda c: c["sae"].update(expansion_factor=c["sae"]["expansion_factor"] * 2))
         return ["eval", str(run)], {}, ["has shape", "the config implies"]
     if row == "resume-without-state":
-        run = copy_run(env, "nostate")
+        run = copy_run(env, "nostate", symlinks=True)
         import shutil
 
-        shutil.rmtree(run / "state")
+        shutil.rmtree((run / "state" / "current").resolve())
         return ["train", "--resume", str(run), "-q"], {}, ["no trainer state"]
+    if row == "unlinked-checkpoint":
+        run = copy_run(env, "unlinked")  # shutil.copytree's default follows symbolic links
+        return ["train", "--resume", str(run), "-q"], {}, ["holds a checkpoint but no current link", "cp -a"]
+    if row == "no-weights-yet":
+        run = r / "halfstarted"
+        run.mkdir(exist_ok=True)
+        (run / "cfg.json").write_text((env["run"] / "cfg.json").read_text())
+        return ["eval", str(run)], {}, ["no weights yet", f"saezoo train --resume {run}"]
+    if row == "lock-file-unusable":
+        run = copy_run(env, "lockdir", symlinks=True)
+        (run / ".lock").unlink()
+        (run / ".lock").mkdir()
+        return ["train", "--resume", str(run), "-q"], {}, ["lock file", "Is a directory"]
+    if row == "run-in-use":
+        import fcntl
+        import os
+
+        run = copy_run(env, "inuse", symlinks=True)
+        fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        HELD_LOCKS.append(fd)
+        return ["train", "--resume", str(run), "-q"], {}, ["in use by another saezoo process", f"pid {os.getpid()}"]
     if row == "plugin-raises":
         return ["--plugins-dir", str(r / "plugins-broken"), "list"], {}, ["'broken' failed in register_architectures", "boom"]
     if row == "plugin-misnamed-hook":

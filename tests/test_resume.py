@@ -23,7 +23,7 @@ EXTRA = ["--set", "train.checkpoint_every=13", "--set", "train.seed=3"]
 
 def _state_step(run):
     try:
-        return json.loads((run / "state" / "trainer.json").read_text())["step"]
+        return json.loads((run / "state" / "current" / "trainer.json").read_text())["step"]
     except (FileNotFoundError, json.JSONDecodeError):
         return -1
 
