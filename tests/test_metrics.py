@@ -98,7 +98,7 @@ def test_evaluate_sae_by_value():
     W_enc = torch.tensor([[1.0, 0.5, -1.0, 0.3], [0.2, 1.0, -1.0, -0.4], [0.0, 0.3, -1.0, 1.0]])
     sae = _LinearSAE(W_enc, torch.randn(4, 3, generator=gen))
     batches = [torch.rand(7, 3, generator=gen), torch.rand(5, 3, generator=gen)]  # positive: latent 2 never fires
-    truth = GroundTruth(torch.eye(3)[:2], torch.tensor([-1, -1]), ["independent", "independent"])
+    truth = GroundTruth(torch.eye(3)[:2], torch.tensor([-1, -1]), ["independent", "independent"], torch.tensor([0, 0]))
     sae.train()
     m = ev.evaluate_sae(sae, batches, truth)
     assert sae.training and not any(sae.modes), "evaluated in training mode, or the mode was not restored"

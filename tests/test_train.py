@@ -30,7 +30,9 @@ def test_flat_recovers_synthetic_features(tmp_path):
     print(json.dumps(metrics, indent=1))
     assert metrics["explained_variance"] >= 0.9
     assert metrics["recovered_fraction"] >= 0.6
-    assert metrics["dead_fraction"] <= 0.9
+    # Measured: 0.0-0.002 at the held-out evaluations of steps 100-600 (this CPU), 0.01 at the
+    # end (issue 23); a dictionary with a tenth of its latents dead is broken.
+    assert metrics["dead_fraction"] <= 0.05
     assert metrics["l0"] <= 20
 
 
