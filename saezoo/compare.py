@@ -20,7 +20,7 @@ import saezoo
 from saezoo import catalog, checkpoint, plots
 from saezoo.config import RunConfig, merge, parse_set, read_toml, resolve_run
 from saezoo.errors import UsageError
-from saezoo.evaluate import downstream_metrics, full_evaluation
+from saezoo.evaluate import absorption_metrics, downstream_metrics, full_evaluation
 
 # Columns of the terminal table and report.md, in order, when present.
 TABLE_METRICS = [
@@ -32,10 +32,13 @@ TABLE_METRICS = [
     "kl_sae",
     "recovered_fraction",
     "absorption",
+    "absorption_first_letter/mean",
+    "absorption_first_letter/fraction",
+    "absorption_first_letter/letters",
     "nonfinite_steps",
 ]
 # train.* settings every variant must share: they define the stream of batches.
-SHARED_TRAIN = ("steps", "batch_size", "seed", "eval_tokens", "downstream_tokens", "device", "log_every", "eval_every", "checkpoint_every")
+SHARED_TRAIN = ("steps", "batch_size", "seed", "eval_tokens", "downstream_tokens", "absorption_words", "device", "log_every", "eval_every", "checkpoint_every")
 
 
 @dataclass
@@ -192,6 +195,10 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> di
     # One set of spliced runs for every variant: the clean (and zero-ablated) runs are shared.
     downstream = downstream_metrics([saes[v.label] for v in variants], source, base.train.downstream_tokens, device)
     for v, metrics in zip(variants, downstream):
+        results[v.label].update(metrics)
+    # One task (word activations and probe) for every variant.
+    absorption = absorption_metrics([saes[v.label] for v in variants], source, base.train.absorption_words, device)
+    for v, metrics in zip(variants, absorption):
         results[v.label].update(metrics)
     report = {
         "saezoo_version": saezoo.__version__,
