@@ -277,6 +277,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "Metric definitions: docs/metrics.md. `ccr/*` is the composition coverage ratio of a tier,",
         "`ccr_chance/*` the same with shuffled parents; a tierless SAE is grouped by firing frequency.",
+        "`absorption_first_letter/*`: first-letter absorption on the model's vocabulary (model sources;",
+        "exploratory on a small model such as SmolLM2-135M).",
         "",
         "![training curves](training_curves.png)",
         "",
