@@ -86,7 +86,7 @@ class TrainConfig:
     """Held-out tokens for the evaluations (periodic and final)."""
     downstream_tokens: int = 2048
     """Held-out tokens for the spliced CE/KL of the final evaluation (model sources; 0: skip)."""
-    absorption_words: int = 8192
+    absorption_words: int = 4096
     """Vocabulary words for the first-letter absorption of the final evaluation (model
     sources; 0: skip); see docs/metrics.md."""
     checkpoint_every: int = 100

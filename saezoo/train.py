@@ -368,8 +368,8 @@ def train_many(
 
     With several runs, one that diverges stops alone (its metrics say so); with one run,
     divergence raises. Under torchrun, non-main ranks return empty metrics.
-    ``downstream=False`` leaves the spliced CE/KL out of the final metrics (``compare``
-    computes them for every variant at once).
+    ``downstream=False`` leaves the spliced CE/KL and the first-letter absorption out of the
+    final metrics (``compare`` computes them for every variant at once).
     """
     train_cfg = runs[0].train
     device = distributed.local_device(resolve_device(train_cfg.device))
