@@ -145,6 +145,12 @@ def test_empty_stream_and_batch_split():
     assert [len(b) for b in ev.split_batches(torch.zeros(10, 2), 4)] == [4, 4, 2]
     assert ev.downstream_metrics([object(), object()], object(), 128) == [{}, {}]  # no model: no spliced metrics
 
+    class ModelSource:
+        def eval_contexts(self, n_tokens):
+            raise AssertionError("downstream_tokens=0 must skip the spliced metrics")
+
+    assert ev.downstream_metrics([object()], ModelSource(), 0) == [{}]
+
 
 class TwoTiers(SAE):
     """A hand-built two-tier SAE on 3 dimensions: tier "a" (latents 0, 1) codes dimensions 0
