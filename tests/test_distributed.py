@@ -28,7 +28,8 @@ def test_two_processes_match_one(tmp_path):
     launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
     multi = tmp_path / "multi"
     proc = subprocess.run(
-        [*launcher, "--nproc_per_node", "2", "--master_port", "29517", "-m", "saezoo.cli", *fast_train_args("flat", multi, 25)],
+        # --standalone takes a free port: a fixed one failed when two suites ran at once.
+        [*launcher, "--standalone", "--nproc_per_node", "2", "-m", "saezoo.cli", *fast_train_args("flat", multi, 25)],
         capture_output=True,
         text=True,
         timeout=600,
