@@ -34,6 +34,9 @@ TABLE_METRICS = [
     "absorption",
     "nonfinite_steps",
 ]
+# Families of per-tier, per-group or per-depth columns shown after TABLE_METRICS, sorted by name;
+# the rest (tree precision and recall, root fractions, ...) are in report.json.
+TABLE_PREFIXES = ("l0/", "ccr/", "ccr_chance/", "tree_f1/", "consistency/", "absorption/")
 # train.* settings every variant must share: they define the stream of batches.
 SHARED_TRAIN = ("steps", "batch_size", "seed", "eval_tokens", "downstream_tokens", "device", "log_every", "eval_every", "checkpoint_every")
 
@@ -246,7 +249,7 @@ def _loss_curves(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """One row per metric, one column per variant: stays readable for many metrics."""
     variants = report["variants"]
-    extra = sorted({k for v in variants.values() for k in v["metrics"] if k.startswith(("l0/", "ccr/", "ccr_chance/"))})
+    extra = sorted({k for v in variants.values() for k in v["metrics"] if k.startswith(TABLE_PREFIXES)})
     metrics = [c for c in TABLE_METRICS + extra if any(c in v["metrics"] for v in variants.values())]
     rows = [[m] + [_fmt(v["metrics"].get(m)) for v in variants.values()] for m in metrics]
     return ["metric", *variants], rows
@@ -270,6 +273,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "Metric definitions: docs/metrics.md. `ccr/*` is the composition coverage ratio of a tier,",
         "`ccr_chance/*` the same with shuffled parents; a tierless SAE is grouped by firing frequency.",
+        "`tree_f1/inferred/*`: recovery of the true feature tree (synthetic source) by the tree inferred",
+        "from co-firing, the same for every SAE; `tree_f1/structural/*` by the architecture's own tree.",
+        "`consistency/*`: mean P(parent fires | child fires) in that tree.",
         "",
         "![training curves](training_curves.png)",
         "",

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from saezoo.activations.source import GroundTruth
+from saezoo.hierarchy import CodeRecord, hierarchy_metrics
 from saezoo.sae import SAE, group_slices
 
 # Latents firing on more than this share of tokens are "dense".
@@ -185,9 +186,14 @@ def evaluate_sae(
 
 @torch.no_grad()
 def _evaluate(
-    sae: SAE, batches: Iterable[Tensor], ground_truth: GroundTruth | None, device: torch.device | str
+    sae: SAE,
+    batches: Iterable[Tensor],
+    ground_truth: GroundTruth | None,
+    device: torch.device | str,
+    record: CodeRecord | None = None,
 ) -> tuple[dict[str, float], Tensor]:
-    """:func:`evaluate_sae`'s metrics and each latent's firing frequency."""
+    """:func:`evaluate_sae`'s metrics and each latent's firing frequency; the codes are
+    added to ``record`` when one is given (for the hierarchy metrics)."""
     was_training = sae.training
     sae.eval()
     groups = group_slices(sae)
@@ -201,6 +207,8 @@ def _evaluate(
         x_hat = sae.decode(codes)
         recon.add(x, x_hat)
         sparsity.add(codes)
+        if record is not None:
+            record.add(codes)
         extra.add(EvalBatch(sae, x, codes, x_hat))
         for name, sl in groups if without else ():
             masked = codes.clone()
@@ -235,19 +243,16 @@ def full_evaluation(
     downstream_tokens: int = 0,
 ) -> tuple[dict[str, float], Tensor]:
     """Every metric that applies to ``sae`` (which takes raw activations) on held-out ``x``
-    from ``source``: reconstruction, sparsity, tiers, composition coverage, ground truth
-    (synthetic) and spliced CE/KL on ``downstream_tokens`` tokens (model sources); and each
-    latent's firing frequency on ``x`` (for the density plot)."""
-    from saezoo.hierarchy import composition_coverage, ground_truth_hierarchy
-
+    from ``source``: reconstruction, sparsity, tiers, hierarchy (trees, consistency,
+    composition coverage; tree recovery and absorption on a synthetic source) and spliced
+    CE/KL on ``downstream_tokens`` tokens (model sources); and each latent's firing frequency
+    on ``x`` (for the density plot). ``group_sizes``: see :func:`hierarchy_metrics`."""
     sae = sae.to(device).eval()
-    batches = lambda: x.split(batch_size)  # noqa: E731
-    metrics, density = _evaluate(sae, batches(), source.ground_truth, device)
-    metrics.update(composition_coverage(sae, batches, group_sizes, device=device, density=density))
-    if source.ground_truth is not None and hasattr(source, "eval_features"):
-        codes = torch.cat([sae.encode(b.to(device)).cpu() for b in batches()])
-        truth_coeffs = source.eval_features(x.shape[0])
-        metrics.update(ground_truth_hierarchy(source.ground_truth, sae.decoder_directions(), codes, truth_coeffs))
+    record = CodeRecord(sae.width)
+    metrics, density = _evaluate(sae, x.split(batch_size), source.ground_truth, device, record)
+    truth = source.ground_truth
+    coeffs = source.eval_features(x.shape[0]) if truth is not None and hasattr(source, "eval_features") else None
+    metrics.update(hierarchy_metrics(sae, record, group_sizes, truth, coeffs))
     metrics.update(downstream_metrics([sae], source, downstream_tokens, device)[0])
     return metrics, density
 

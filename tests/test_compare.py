@@ -143,10 +143,16 @@ def test_compare_synthetic_report(tmp_path):
     hsae = report["variants"]["hsae"]["metrics"]
     assert "ccr/tier2" in hsae and "ccr_chance/tier2" in hsae
     assert "ccr/group2" in flat  # the flat SAE grouped by firing frequency into hsae's tier sizes
+    # the inferred tree for both, the structural one for the architecture that has one
+    for key in ("tree_f1/inferred/depth1", "consistency/inferred", "absorption/depth1"):
+        assert key in hsae and key in flat, key
+    assert "tree_f1/structural/depth1" in hsae and "consistency/structural" in hsae
+    assert not any("structural" in key for key in flat)
     for png in ("training_curves.png", "ev_vs_l0.png", "tier_activity.png", "feature_density.png"):
         assert (out / png).stat().st_size > 10_000, png
     md = (out / "report.md").read_text()
     assert "| metric | hsae | flat |" in md and "| explained_variance |" in md
+    assert "| tree_f1/inferred/depth1 |" in md and "| consistency/structural |" in md
     assert (out / "hsae" / "tb").is_dir() and (out / "flat" / "tb").is_dir()
     assert "explained_variance" in proc.stdout
 

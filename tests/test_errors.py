@@ -110,6 +110,8 @@ def case(env, row: str):
         return ["train", "hsae", *SYN, "--set", "tier_expansion=[2,3]", "--out", str(r / "tw")], {}, ["whole multiple", "[128, 192]"]
     if row == "k-too-large":
         return ["train", "topk", *SYN, "--set", "k=100000", "--out", str(r / "kt")], {}, ["100000", "width"]
+    if row == "bad-synthetic-tree":
+        return ["train", "flat", *SYN, "--set", "data.synthetic.branching=[8,0]", "--out", str(r / "bst")], {}, ["branching must be a non-empty list of positive integers"]
     if row == "bad-lr":
         return ["train", "flat", *SYN, "--set", "train.lr=0"], {}, ["train.lr must be > 0"]
     if row == "bad-config-file":

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from saezoo import evaluate as ev
+from saezoo.sae import SAE
 
 
 @pytest.fixture
@@ -66,3 +67,34 @@ def test_ground_truth_perfect_and_random():
     assert mmc == pytest.approx(1.0) and recovered == 1.0
     mmc, recovered = ev.mean_max_cosine(true, torch.randn(30, 64, generator=gen))
     assert mmc < 0.5 and recovered == 0.0
+
+
+class TwoTiers(SAE):
+    """A hand-built two-tier SAE on 3 dimensions: tier "a" (latents 0, 1) codes dimensions 0
+    and 1, tier "b" (latent 2) dimension 2; decoding is exact."""
+
+    def __init__(self):
+        super().__init__(3, None)
+
+    def encode(self, x):
+        return x.clamp_min(0)
+
+    def decode(self, codes):
+        return codes
+
+    def decoder_directions(self):
+        return torch.eye(3)
+
+    def latent_groups(self):
+        return [("a", 2), ("b", 1)]
+
+
+def test_marginal_ev_is_each_tier_s_share_of_the_variance():
+    x = torch.rand(1000, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2.0, 3.0])
+    m = ev.evaluate_sae(TwoTiers(), x.split(128))
+    x64 = x.double()
+    total = float((x64 - x64.mean(0)).pow(2).sum())
+    # zeroing tier b leaves x̂ = (x0, x1, 0): the unexplained part is the sum of x2², and so on
+    assert m["explained_variance"] == pytest.approx(1.0, abs=1e-12)
+    assert m["marginal_ev/b"] == pytest.approx(float(x64[:, 2].pow(2).sum()) / total, rel=1e-9)
+    assert m["marginal_ev/a"] == pytest.approx(float(x64[:, :2].pow(2).sum()) / total, rel=1e-9)

@@ -14,12 +14,15 @@ class GroundTruth:
     """The true features of a synthetic source, for recovery metrics.
 
     ``directions[f]`` is feature f's unit direction; ``parent[f]`` its parent feature
-    (-1 for none); ``kind[f]`` is "parent", "child" or "independent".
+    (-1 for none); ``depth[f]`` its depth in the tree of features (0 for a root or a feature
+    outside the tree, d for a feature with d ancestors); ``kind[f]`` is "parent" (a root of
+    the tree), "child" (a node below a root, at any depth) or "independent".
     """
 
     directions: Tensor
     parent: Tensor
     kind: list[str]
+    depth: Tensor
 
 
 class ActivationSource(Protocol):
