@@ -154,6 +154,7 @@ def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `saezoo train`, or a SAELens directory (cfg.json + sae_weights.safetensors).")],
     tokens: Annotated[Optional[int], typer.Option("--tokens", help="Held-out tokens to evaluate on (default: the run's eval_tokens).")] = None,
     downstream_tokens: Annotated[Optional[int], typer.Option("--downstream-tokens", help="Tokens for spliced CE/KL (model sources; default: the run's downstream_tokens).")] = None,
+    absorption_words: Annotated[Optional[int], typer.Option("--absorption-words", help="Vocabulary words for first-letter absorption (model sources; 0: skip; default: the run's absorption_words).")] = None,
     device: DeviceOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     source: Annotated[Optional[str], typer.Option("--source", help="SAELens directories only: model or synthetic.")] = None,
@@ -167,7 +168,7 @@ def eval_(
     from saezoo import checkpoint, export
     from saezoo.activations.factory import build_source
     from saezoo.config import run_from_dict
-    from saezoo.evaluate import full_evaluation
+    from saezoo.evaluate import check_absorption, full_evaluation
     from saezoo.train import resolve_device
 
     data_options = {"source": source, "model": model, "hook": hook, "dataset": dataset, "context_length": context_length}
@@ -185,14 +186,18 @@ def eval_(
         raise UsageError(f"--tokens must be >= 1, got {tokens}")
     if downstream_tokens is not None and downstream_tokens < 0:
         raise UsageError(f"--downstream-tokens must be >= 0, got {downstream_tokens}")
+    if absorption_words is not None and absorption_words < 0:
+        raise UsageError(f"--absorption-words must be >= 0, got {absorption_words}")
     dev = resolve_device(device or run.train.device)
     # The training token count is part of the cache key; evaluation reads only held-out data.
     src = build_source(run.data, tokens=run.train.steps * run.train.batch_size, seed=run.train.seed, device=str(dev))
+    n_words = run.train.absorption_words if absorption_words is None else absorption_words
+    check_absorption(src, n_words)
     x = src.eval_activations(tokens or run.train.eval_tokens)
     if x.shape[-1] != sae.d_in:
         raise UsageError(f"{run_dir}: the SAE reads {sae.d_in}-dimensional activations, the data source gives {x.shape[-1]}")
     n_downstream = run.train.downstream_tokens if downstream_tokens is None else downstream_tokens
-    metrics, density = full_evaluation(sae, src, x, run.train.batch_size, dev, downstream_tokens=n_downstream)
+    metrics, density = full_evaluation(sae, src, x, run.train.batch_size, dev, downstream_tokens=n_downstream, absorption_words=n_words)
     if not saelens:  # a SAELens directory is left as it is
         from saezoo import plots
 

@@ -20,7 +20,7 @@ import saezoo
 from saezoo import catalog, checkpoint, plots
 from saezoo.config import RunConfig, merge, parse_set, read_toml, resolve_run
 from saezoo.errors import UsageError
-from saezoo.evaluate import downstream_metrics, full_evaluation
+from saezoo.evaluate import absorption_metrics, downstream_metrics, full_evaluation
 
 # Columns of the terminal table and report.md, in order, when present.
 TABLE_METRICS = [
@@ -32,13 +32,16 @@ TABLE_METRICS = [
     "kl_sae",
     "recovered_fraction",
     "absorption",
+    "absorption_first_letter/mean",
+    "absorption_first_letter/fraction",
+    "absorption_first_letter/letters",
     "nonfinite_steps",
 ]
 # Families of per-tier, per-group or per-depth columns shown after TABLE_METRICS, sorted by name;
 # the rest (tree precision and recall, root fractions, ...) are in report.json.
 TABLE_PREFIXES = ("l0/", "ccr/", "ccr_chance/", "tree_f1/", "consistency/", "absorption/")
 # train.* settings every variant must share: they define the stream of batches.
-SHARED_TRAIN = ("steps", "batch_size", "seed", "eval_tokens", "downstream_tokens", "device", "log_every", "eval_every", "checkpoint_every")
+SHARED_TRAIN = ("steps", "batch_size", "seed", "eval_tokens", "downstream_tokens", "absorption_words", "device", "log_every", "eval_every", "checkpoint_every")
 
 
 @dataclass
@@ -196,6 +199,10 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> di
     downstream = downstream_metrics([saes[v.label] for v in variants], source, base.train.downstream_tokens, device)
     for v, metrics in zip(variants, downstream):
         results[v.label].update(metrics)
+    # One task (word activations and probe) for every variant.
+    absorption = absorption_metrics([saes[v.label] for v in variants], source, base.train.absorption_words, device)
+    for v, metrics in zip(variants, absorption):
+        results[v.label].update(metrics)
     report = {
         "saezoo_version": saezoo.__version__,
         "torch_version": torch.__version__,
@@ -276,6 +283,8 @@ def markdown(report: dict[str, Any]) -> str:
         "`tree_f1/inferred/*`: recovery of the true feature tree (synthetic source) by the tree inferred",
         "from co-firing, the same for every SAE; `tree_f1/structural/*` by the architecture's own tree.",
         "`consistency/*`: mean P(parent fires | child fires) in that tree.",
+        "`absorption_first_letter/*`: first-letter absorption on the model's vocabulary (model sources;",
+        "exploratory on a small model such as SmolLM2-135M).",
         "",
         "![training curves](training_curves.png)",
         "",

@@ -86,6 +86,9 @@ class TrainConfig:
     """Held-out tokens for the evaluations (periodic and final)."""
     downstream_tokens: int = 2048
     """Held-out tokens for the spliced CE/KL of the final evaluation (model sources; 0: skip)."""
+    absorption_words: int = 8192
+    """Vocabulary words for the first-letter absorption of the final evaluation (model
+    sources; 0: skip); see docs/metrics.md."""
     checkpoint_every: int = 100
     """Steps between checkpoints (0: only at the end)."""
 
@@ -448,6 +451,7 @@ def validate_train(cfg: TrainConfig) -> None:
         (cfg.eval_every >= 0, f"train.eval_every must be >= 0, got {cfg.eval_every}"),
         (cfg.eval_tokens >= 1, f"train.eval_tokens must be >= 1, got {cfg.eval_tokens}"),
         (cfg.downstream_tokens >= 0, f"train.downstream_tokens must be >= 0, got {cfg.downstream_tokens}"),
+        (cfg.absorption_words >= 0, f"train.absorption_words must be >= 0, got {cfg.absorption_words}"),
         (cfg.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {cfg.checkpoint_every}"),
         (all(0 <= b < 1 for b in cfg.betas), f"train.betas must be in [0, 1), got {cfg.betas}"),
     ]

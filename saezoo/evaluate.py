@@ -241,12 +241,14 @@ def full_evaluation(
     device: torch.device | str = "cpu",
     group_sizes: list[int] | None = None,
     downstream_tokens: int = 0,
+    absorption_words: int = 0,
 ) -> tuple[dict[str, float], Tensor]:
     """Every metric that applies to ``sae`` (which takes raw activations) on held-out ``x``
     from ``source``: reconstruction, sparsity, tiers, hierarchy (trees, consistency,
-    composition coverage; tree recovery and absorption on a synthetic source) and spliced
-    CE/KL on ``downstream_tokens`` tokens (model sources); and each latent's firing frequency
-    on ``x`` (for the density plot). ``group_sizes``: see :func:`hierarchy_metrics`."""
+    composition coverage; tree recovery and absorption on a synthetic source), spliced CE/KL
+    on ``downstream_tokens`` tokens and first-letter absorption on ``absorption_words``
+    vocabulary words (model sources); and each latent's firing frequency on ``x`` (for the
+    density plot). ``group_sizes``: see :func:`hierarchy_metrics`."""
     sae = sae.to(device).eval()
     record = CodeRecord(sae.width)
     metrics, density = _evaluate(sae, x.split(batch_size), source.ground_truth, device, record)
@@ -254,6 +256,7 @@ def full_evaluation(
     coeffs = source.eval_features(x.shape[0]) if truth is not None and hasattr(source, "eval_features") else None
     metrics.update(hierarchy_metrics(sae, record, group_sizes, truth, coeffs))
     metrics.update(downstream_metrics([sae], source, downstream_tokens, device)[0])
+    metrics.update(absorption_metrics([sae], source, absorption_words, device)[0])
     return metrics, density
 
 
@@ -270,3 +273,25 @@ def downstream_metrics(saes: list[SAE], source, tokens: int, device: torch.devic
         source.model, source.hook, saes, input_ids, mask, max_norm=source.outlier_threshold, device=device,
         baseline_key=source.baseline_key(), cache_dir=source.cache_dir,
     )
+
+
+def absorption_metrics(saes: list[SAE], source, words: int, device: torch.device | str = "cpu") -> list[dict[str, float]]:
+    """First-letter absorption of each SAE on ``words`` words of a model source's vocabulary,
+    sharing the words' activations and the probe; empty dicts when ``words`` is 0 or the source
+    has no model (synthetic)."""
+    if words <= 0 or not hasattr(source, "eval_contexts"):
+        return [{} for _ in saes]
+    from saezoo.absorption import first_letter_absorption
+
+    return first_letter_absorption(
+        saes, source.model, source.tokenizer, source.hook, words, max_norm=source.outlier_threshold, device=device
+    )
+
+
+def check_absorption(source, words: int) -> None:
+    """Raise the error :func:`absorption_metrics` would raise for a vocabulary without enough
+    words, early (before a run trains)."""
+    if words > 0 and hasattr(source, "eval_contexts"):
+        from saezoo.absorption import vocabulary_words
+
+        vocabulary_words(source.tokenizer)

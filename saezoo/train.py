@@ -30,7 +30,7 @@ from saezoo.activations.source import ActivationSource
 from saezoo.config import RunConfig
 from saezoo.curriculum import Curriculum, check_compatible
 from saezoo.errors import SaezooError, TrainingDiverged, UsageError
-from saezoo.evaluate import evaluate_sae, full_evaluation
+from saezoo.evaluate import check_absorption, evaluate_sae, full_evaluation
 from saezoo.host_memory import keep_freed_memory
 from saezoo.sae import SAE, group_slices
 
@@ -280,8 +280,12 @@ class Trainee:
         ``downstream`` is false) and writes metrics.json."""
         sae = self.inference_copy()
         if final:
+            # compare (downstream=False) measures the model-based metrics once for all variants.
             tokens = self.cfg.downstream_tokens if downstream else 0
-            metrics, density = full_evaluation(sae, source, eval_x, self.cfg.batch_size, self.device, downstream_tokens=tokens)
+            words = self.cfg.absorption_words if downstream else 0
+            metrics, density = full_evaluation(
+                sae, source, eval_x, self.cfg.batch_size, self.device, downstream_tokens=tokens, absorption_words=words
+            )
         else:
             metrics = evaluate_sae(sae, eval_x.split(self.cfg.batch_size), source.ground_truth, self.device)
         metrics["nonfinite_steps"] = float(self.nonfinite_total)
@@ -374,6 +378,7 @@ def train_many(
     if batch_size % distributed.world():
         raise UsageError(f"train.batch_size {batch_size} must be divisible by the {distributed.world()} processes")
     main = distributed.is_main()
+    check_absorption(source, train_cfg.absorption_words)  # fail before training, not after it
     trainees = [Trainee(run, source.d_in, out, source.describe(), device) for run, out in zip(runs, out_dirs)]
     eval_x = source.eval_activations(train_cfg.eval_tokens)
     if resume:

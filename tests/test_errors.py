@@ -50,6 +50,10 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("errors")
     model = make_model(root / "model", "llama", layers=2)
     data = write_jsonl(root / "corpus.jsonl", corpus(60))
+    # A vocabulary of numbers: its only word token is the helpers' outlier word.
+    numbers = [" ".join(str((i * 7 + j) % 50) for j in range(40)) for i in range(60)]
+    make_model(root / "numbers", "llama", layers=2, docs=numbers)
+    write_jsonl(root / "numbers.jsonl", numbers)
     run = root / "run"
     proc = run_cli(*fast_train_args("flat", run, 5))
     assert proc.returncode == 0, proc.stderr
@@ -92,6 +96,9 @@ def case(env, row: str):
         return ["train", "flat", "--model", str(r / "no-such-model"), "--dataset", d, "--out", str(r / "um"), "-q"], {}, ["no-such-model"]
     if row == "unknown-hook":
         return ["train", "flat", *model, "--hook", "model.layers.99", "--out", str(r / "uh")], {}, ["model.layers.99", "model.layers.1"]
+    if row == "absorption-no-words":
+        numbers = ["--model", str(r / "numbers"), "--dataset", str(r / "numbers.jsonl"), *model[4:]]
+        return ["train", "flat", *numbers, "--out", str(r / "nw")], {}, ["first-letter absorption", "1 word token", "train.absorption_words=0"]
     if row == "unknown-dataset":
         return ["train", "flat", *model[:2], "--dataset", str(r / "no-such.txt"), "--out", str(r / "ud"), "-q"], {}, ["no-such.txt"]
     if row == "missing-asset":

@@ -128,11 +128,12 @@ class _StopForward(Exception):
     """Raised by the hook once the activations are captured, to skip the rest of the model."""
 
 
-def hooked_activations(model: nn.Module, hook: str, input_ids: Tensor) -> Tensor:
+def hooked_activations(model: nn.Module, hook: str, input_ids: Tensor, **forward_options) -> Tensor:
     """The output of module ``hook`` for ``input_ids`` ``[B, T]``, as float32 ``[B, T, d]`` on the CPU.
 
     When the module returns a tuple (older transformer blocks do), its first element is the
-    residual stream. The forward pass is stopped right after the module.
+    residual stream. The forward pass is stopped right after the module. ``forward_options``
+    go to the model's forward (a key/value cache: ``saezoo.absorption``).
     """
     module = model.get_submodule(hook)
     captured: list[Tensor] = []
@@ -144,7 +145,7 @@ def hooked_activations(model: nn.Module, hook: str, input_ids: Tensor) -> Tensor
     handle = module.register_forward_hook(capture)
     try:
         with torch.inference_mode():
-            model(input_ids=input_ids.to(_device_of(model)), use_cache=False)
+            model(input_ids=input_ids.to(_device_of(model)), **{"use_cache": False, **forward_options})
     except _StopForward:
         pass
     finally:
