@@ -99,11 +99,11 @@ def test_a_child_never_fires_without_its_parent(d_in, top, ratios, k, batch, see
         start += width
 
 
-@pytest.mark.parametrize(("k", "shares", "budgets"), [(6, None, [2, 2, 2]), (40, None, [14, 13, 13]), (10, [2, 1, 1], [5, 3, 2])])
+@pytest.mark.parametrize(("k", "shares", "budgets"), [(6, None, [2, 2, 2]), (40, None, [40 / 3] * 3), (10, [2, 1, 1], [5, 2.5, 2.5])])
 def test_each_tier_spends_its_share_of_k(k, shares, budgets):
     torch.manual_seed(0)
     sae = HSAE(8, HSAEConfig(tier_expansion=[8.0, 32.0, 64.0], k=k, tier_shares=shares))
-    assert sae.tier_budgets(k) == budgets
+    assert sae.tier_budgets(k) == pytest.approx(budgets)
     x = torch.randn(512, 8)
     sae.init_from_data(x)
     with torch.no_grad():
@@ -111,7 +111,10 @@ def test_each_tier_spends_its_share_of_k(k, shares, budgets):
         pre = sae.pre_activations(x)
     fires = out.codes > 0
     per_tier = [float(fires[:, s].sum(-1).float().mean()) for s in (slice(0, 64), slice(64, 320), slice(320, 832))]
-    assert per_tier == pytest.approx(budgets, abs=0.05)
+    # Tier 1 spends its budget exactly; a deeper tier keeps at most its budget (a kept child
+    # whose pre-activation is not positive stays silent), most of it at initialisation.
+    assert per_tier[0] == pytest.approx(budgets[0], abs=0.01)
+    assert all(0.5 * b <= t <= b + 0.01 for t, b in zip(per_tier[1:], budgets[1:])), per_tier
     # A kept latent carries its own pre-activation.
     torch.testing.assert_close(out.codes[fires], pre[fires])
 

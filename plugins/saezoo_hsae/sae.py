@@ -56,7 +56,9 @@ class HSAEConfig:
     no kept latent is silent), split over the tiers by tier_shares; each tier keeps its
     share as BatchTopK does (batch x k_i largest, a running threshold in eval)."""
     tier_shares: list[float] | None = None
-    """tree: each tier's share of k, one per tier, normalised to sum 1 (None: equal)."""
+    """tree: each tier's share of k, one per tier, normalised to sum 1 (None: equal). A
+    tier's budget need not be a whole number per token: a batch keeps round(batch x k x
+    share) of its latents."""
     aux_k: int | None = None
     """tree: dead latents AuxK lets reconstruct the residual, per token (None: d_in // 2)."""
     aux_coefficient: float = 1 / 32

@@ -63,22 +63,17 @@ class TreeHSAE(HSAE, TopKFamilySAE):
         super().validate()
         cfg = self.cfg
         n = len(cfg.tier_expansion)
-        if cfg.k < n:
-            raise ValueError(f"k must be at least the number of tiers ({n}), one latent each, got {cfg.k}")
         if cfg.tier_shares is not None and (len(cfg.tier_shares) != n or any(s <= 0 for s in cfg.tier_shares)):
             raise ValueError(f"tier_shares needs {n} positive entries (one per tier), got {cfg.tier_shares}")
         if not 0 <= cfg.threshold_beta < 1:
             raise ValueError(f"threshold_beta must be in [0, 1), got {cfg.threshold_beta}")
 
-    def tier_budgets(self, k: int) -> list[int]:
-        """k split over the tiers by ``tier_shares`` (equal by default), at least 1 each, the
-        rounding remainder going to the top tiers."""
-        shares = torch.tensor(self.cfg.tier_shares or [1.0] * self.n_tiers, dtype=torch.float64)
-        exact = shares / shares.sum() * k
-        budgets = exact.floor().long().clamp_min(1)
-        for i in range(k - int(budgets.sum())):
-            budgets[i % self.n_tiers] += 1
-        return budgets.tolist()
+    def tier_budgets(self, k: int) -> list[float]:
+        """Latents per token each tier keeps on average: k split by ``tier_shares`` (equal by
+        default). A batch keeps round(batch x budget) of a tier, so shares need not give whole
+        numbers per token."""
+        shares = self.cfg.tier_shares or [1.0] * self.n_tiers
+        return [k * s / sum(shares) for s in shares]
 
     def latent_parents(self) -> Tensor:
         parents = [torch.full((self.tier_widths[0],), -1, dtype=torch.long)]
@@ -119,7 +114,7 @@ class TreeHSAE(HSAE, TopKFamilySAE):
 
         return select
 
-    def _keep(self, candidates: Tensor, budget: int, tier: int, by_threshold: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _keep(self, candidates: Tensor, budget: float, tier: int, by_threshold: bool) -> tuple[Tensor, Tensor, Tensor]:
         """(token, column, value) of the kept candidates, all positive: the batch x budget
         largest (training: the tier's threshold follows the smallest kept) or those above
         the tier's threshold."""
@@ -127,7 +122,7 @@ class TreeHSAE(HSAE, TopKFamilySAE):
         if by_threshold:
             token, column = (candidates > self.thresholds[tier].clamp_min(0)).nonzero(as_tuple=True)
             return token, column, candidates[token, column]
-        value, flat = largest_entries(candidates, min(batch * budget, candidates.numel()))
+        value, flat = largest_entries(candidates, min(max(1, round(batch * budget)), candidates.numel()))
         positive = value > 0
         value, flat = value[positive], flat[positive]
         if self.training and value.numel():
