@@ -100,18 +100,17 @@ def resolve_variants(
             variants.append(Variant(label, entry=catalog.get_entry(spec)))
             continue
         layer = merge({"data": preset_data}, user)
-        extra_sets: list[str] = []
-        chosen_curriculum = curriculum
+        variant_sets = own_sets[spec] + (own_sets[label] if label != spec else [])
+
+        def resolve(curriculum_name: str, extra_sets: list[str]) -> RunConfig:
+            return resolve_run(
+                arch, preset=preset, curriculum=curriculum_name, options=layer, sets=extra_sets + variant_sets, tokens=tokens
+            )
+
+        run = resolve(curriculum, [])
         if target_l0 is not None:
-            chosen_curriculum, extra_sets = _matched_l0(arch, target_l0)
-        run = resolve_run(
-            arch,
-            preset=preset,
-            curriculum=chosen_curriculum,
-            options=layer,
-            sets=extra_sets + own_sets[spec] + (own_sets[label] if label != spec else []),
-            tokens=tokens,
-        )
+            # The variant's own settings decide how its L0 is steered (a setting may switch it).
+            run = resolve(*_matched_l0(arch, run.sae, target_l0))
         # What defines the shared stream comes from the user, never from a preset.
         shared = resolve_run(arch, options=layer, tokens=tokens)
         run.train = dataclasses.replace(run.train, **{k: getattr(shared.train, k) for k in SHARED_TRAIN})
@@ -147,16 +146,17 @@ def _split_variant_sets(sets: list[str], names: list[str]) -> tuple[list[str], d
     return shared, own
 
 
-def _matched_l0(arch: str, target: float) -> tuple[str, list[str]]:
-    """How to bring ``arch`` to L0 = target: the target-l0 curriculum, or k itself."""
+def _matched_l0(arch: str, sae_cfg: Any, target: float) -> tuple[str, list[str]]:
+    """How to bring ``arch`` configured as ``sae_cfg`` to L0 = target: the target-l0
+    curriculum, or k itself."""
     from saezoo.plugins import get_plugins
 
     if not (math.isfinite(target) and target > 0):
         raise UsageError(f"--target-l0 must be a positive finite number, got {target}")
-    cls = get_plugins().architectures.get(arch)
-    if "sparsity_scale" in cls.knobs:
+    control = get_plugins().architectures.get(arch).l0_control(sae_cfg)
+    if control == "sparsity_scale":
         return "target-l0", [f"curriculum.target={target}"]
-    if "k" in {f.name for f in dataclasses.fields(cls.Config)}:
+    if control == "k":
         return "constant", [f"sae.k={int(round(target))}"]
     raise UsageError(f"--target-l0: architecture {arch!r} has neither a sparsity coefficient nor k to steer")
 

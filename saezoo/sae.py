@@ -112,6 +112,19 @@ class SAE(nn.Module):
     def validate(self) -> None:
         """Raise ``ValueError`` with a clear message for an impossible config."""
 
+    @classmethod
+    def l0_control(cls, cfg: Any) -> str | None:
+        """What brings ``cfg``'s L0 to a target (``compare --target-l0``): ``"k"`` when the
+        config's ``k`` is the L0, ``"sparsity_scale"`` when a penalty is scaled by that knob
+        (the target-l0 curriculum steers it), None when neither. The default answers from the
+        knobs and the config's fields; an architecture whose settings switch between the two
+        says which per config."""
+        if "sparsity_scale" in cls.knobs:
+            return "sparsity_scale"
+        if "k" in {f.name for f in dataclasses.fields(cfg)}:
+            return "k"
+        return None
+
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.cfg)
 
@@ -171,7 +184,7 @@ class UnitNormDictionarySAE(SAE):
     def __init__(self, d_in: int, cfg: Any):
         super().__init__(d_in, cfg)
         self.validate()
-        W_dec = torch.randn(cfg.expansion_factor * d_in, d_in)
+        W_dec = torch.randn(self.dictionary_width(), d_in)
         unit_norm_rows_(W_dec)
         self.W_dec = nn.Parameter(W_dec)
         # Gao et al.: an encoder that starts as the decoder's transpose alone removes most
@@ -179,9 +192,15 @@ class UnitNormDictionarySAE(SAE):
         self.W_enc = nn.Parameter(W_dec.t().clone())
         self.b_dec = nn.Parameter(torch.zeros(d_in))
 
-    def validate(self) -> None:
+    def dictionary_width(self) -> int:
+        """Latents: ``expansion_factor * d_in`` (a subclass with another rule says its own);
+        ``ValueError`` for a config that gives no valid width."""
         if self.cfg.expansion_factor < 1:
             raise ValueError(f"expansion_factor must be >= 1, got {self.cfg.expansion_factor}")
+        return self.cfg.expansion_factor * self.d_in
+
+    def validate(self) -> None:
+        self.dictionary_width()
 
     def decoder_directions(self) -> Tensor:
         return self.W_dec

@@ -90,11 +90,12 @@ class Trainee:
         self.out_dir = Path(out_dir)
         self.device = device
         self.source_key = source_key
-        sae_cls = plugins.architectures.get(run.architecture)
         curriculum_cls = plugins.curricula.get(run.curriculum_name)
-        check_compatible(run.curriculum_name, curriculum_cls, run.architecture, sae_cls)
         torch.manual_seed(run.train.seed)
         self.sae: SAE = ckpt.build_sae(run.architecture, d_in, run.sae).to(device)
+        # The built SAE's class: a registered architecture may build a subclass per config,
+        # with the knobs of that config.
+        check_compatible(run.curriculum_name, curriculum_cls, run.architecture, type(self.sae))
         # The compiled wrapper shares the SAE's parameters: checkpoints and evaluation use the SAE.
         self.forward = torch.compile(self.sae) if self.cfg.compile else self.sae
         try:

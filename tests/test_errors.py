@@ -116,6 +116,8 @@ def case(env, row: str):
         return ["compare", "flat", "topk", *SYN, "--set", "flat.train.steps=5"], {}, ["train.steps defines the shared stream"]
     if row == "negative-coefficient":
         return ["train", "flat", *SYN, "--set", "l1_coefficient=-1", "--out", str(r / "nc")], {}, ["l1_coefficient must be >= 0"]
+    if row == "tree-widths":
+        return ["train", "hsae", *SYN, "--set", "tier_expansion=[2,3]", "--out", str(r / "tw")], {}, ["whole multiple", "[128, 192]"]
     if row == "k-too-large":
         return ["train", "topk", *SYN, "--set", "k=100000", "--out", str(r / "kt")], {}, ["100000", "width"]
     if row == "bad-synthetic-tree":

@@ -15,11 +15,13 @@ from saezoo_hsae.sae import HSAE, HSAEConfig
 
 D_IN = 16
 PAPER = HSAE.presets["paper"]["sae"]
+DENSE = HSAE.presets["dense"]["sae"]
 
 
 def make(d_in: int = D_IN, seed: int = 0, **overrides) -> HSAE:
+    """A dense-coupling HSAE (the ``dense`` preset, then ``overrides``)."""
     torch.manual_seed(seed)
-    return HSAE(d_in, dataclasses.replace(HSAEConfig(), **overrides))
+    return HSAE(d_in, dataclasses.replace(HSAEConfig(), **{**DENSE, **overrides}))
 
 
 def paper(d_in: int = D_IN) -> HSAE:

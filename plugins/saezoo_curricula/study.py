@@ -44,7 +44,8 @@ METRICS = ("explained_variance", "l0/tier1", "l0/tier2", "l0/tier3", "dead_fract
 def run_seed(seed: int, steps: int, out: Path) -> dict[str, dict[str, float]]:
     """Final metrics of each variant, trained side by side on one stream."""
     sets = [*SETTINGS, f"train.steps={steps}", f"train.seed={seed}"]
-    runs = [resolve_run("hsae", curriculum=name, sets=sets + extra) for _, name, extra in VARIANTS]
+    # The curricula turn the dense coupling's knobs (sparsity_scale, active_tiers).
+    runs = [resolve_run("hsae", preset="dense", curriculum=name, sets=sets + extra) for _, name, extra in VARIANTS]
     source = build_source(runs[0].data, tokens=steps * runs[0].train.batch_size, seed=seed)
     labels = [label for label, _, _ in VARIANTS]
     dirs = [out / f"seed{seed}" / re.sub(r"[^\w]+", "-", label).strip("-") for label in labels]

@@ -1,14 +1,21 @@
-"""The hierarchical SAE (HSAE) of the seed paper, with switches for each of its known fixes.
+"""The hierarchical SAE (HSAE): the seed paper's dense coupling (the default) or tree-gated tiers.
 
-Tiers are stacked: h_1 = ReLU(W_1 (x - b') + b_1), h_i = ReLU(W_i n(h_{i-1}) + U_i (x - b') + b_i),
-where n is the identity or (paper) a LayerNorm and the input skip U_i is off in the paper (every
-tier then sees only the tier below). Every tier decodes straight to the input space and the
-reconstructions add up: x_hat = sum_i W'_i h_i + b'. The loss is the summed squared error plus
-one L1 term per tier, weighted by lambda * w_i with importance weights w on the simplex.
+``hsae`` is one architecture with two couplings between its tiers (``coupling``), each its
+own class: :class:`HSAE` builds the one a config asks for.
 
-The ``paper`` preset is the recipe as published; the defaults are the same idea with each fix
-of design §6 switched on. Each fix is one config field, so an ablation can turn it off alone
-(``python -m saezoo_hsae.ablation``; results in this package's README).
+* ``tree`` (:mod:`saezoo_hsae.tree`, the ``tree`` preset): each latent of tier i > 1 has one fixed parent in tier
+  i-1 and fires only where it fires; the sparsity is a number of latents, k (as TopK's).
+* ``dense`` (:class:`DenseHSAE`, the default; the ``paper`` preset): stacked tiers,
+  h_1 = ReLU(W_1 (x - b') + b_1), h_i = ReLU(W_i n(h_{i-1}) + U_i (x - b') + b_i), where n is
+  the identity or (paper) a LayerNorm and the input skip U_i is off in the paper (every tier
+  then sees only the tier below). The loss is the summed squared error plus one L1 term per
+  tier, weighted by lambda * w_i with importance weights w on the simplex. The ``paper``
+  preset is the recipe as published; ``dense`` is the same idea with each fix of design §6
+  switched on, each fix one config field, so an ablation can turn it off alone
+  (``python -m saezoo_hsae.ablation``; results in this package's README).
+
+Both decode every tier straight to the input space and add the reconstructions up:
+x_hat = sum_i W'_i h_i + b'.
 """
 
 from __future__ import annotations
@@ -32,47 +39,73 @@ RECORD_TOKENS = 256
 
 @dataclass
 class HSAEConfig:
+    coupling: Literal["tree", "dense"] = "dense"
+    """How tier i > 1 depends on tier i-1. tree: each latent has one fixed parent (tier i's
+    width is a whole multiple of tier i-1's; children_per_parent is the ratio) and fires only
+    where its parent fires; sparsity set by k. dense: every latent reads all of tier i-1
+    through weights [child, parent] (the seed paper; width^2 weights), sparsity by an L1
+    penalty (sparsity_coefficient, importance, ...). Dense stays the default until tree gating
+    is measured to beat it (README); preset ``tree`` switches."""
     tier_expansion: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.0])
-    """Width of each tier as a multiple of d_in (rounded); one entry per tier. Only tier 1
-    sees the input, and 2 x d_in is the narrowest ReLU layer that can pass all of it on (its
-    positive and negative parts); later tiers widen, as in the paper."""
+    """Width of each tier as a multiple of d_in (rounded); one entry per tier. tree: each
+    tier's width must be a whole multiple of the one before (preset ``tree``: 1/3/6, three
+    children per tier-1 latent, two per tier-2 latent). dense (2/3/4): only tier 1
+    sees the input, and 2 x d_in is the narrowest ReLU layer that can pass all of it on
+    (its positive and negative parts); later tiers widen, as in the paper."""
+    k: int = 48
+    """tree: active latents per token over all tiers, on average over a batch (the L0 when
+    no kept latent is silent), split over the tiers by tier_shares; each tier keeps its
+    share as BatchTopK does (batch x k_i largest, a running threshold in eval)."""
+    tier_shares: list[float] | None = None
+    """tree: each tier's share of k, one per tier, normalised to sum 1 (None: equal). A
+    tier's budget need not be a whole number per token: a batch keeps round(batch x k x
+    share) of its latents."""
+    aux_k: int | None = None
+    """tree: dead latents AuxK lets reconstruct the residual, per token (None: d_in // 2)."""
+    aux_coefficient: float = 1 / 32
+    """tree: weight of the AuxK loss (Gao et al. 2024), which revives dead latents."""
+    threshold_beta: float = 0.99
+    """tree: decay of the running average of each tier's selection threshold, which replaces
+    the batch selection in eval mode."""
+    # The tree-gated model always decodes through topk's fused sparse node.
+    sparse_decode: ClassVar[bool] = True
     sparsity_coefficient: float = 2.0
-    """lambda: weight of the importance-weighted L1 penalty per token. With the importance
+    """dense: lambda, weight of the importance-weighted L1 penalty per token. With the importance
     weights summing to 1, each tier's coefficient is lambda * w_i (inputs have E||x||^2 = d_in
     under train.normalize)."""
     importance: Literal["learned_softmax", "fixed", "balanced"] = "balanced"
-    """Importance weights w (softmax of per-tier logits): learned_softmax learns the logits from
+    """dense: importance weights w (softmax of per-tier logits): learned_softmax learns the logits from
     the loss (paper; collapses onto the tier with the smallest L1), fixed keeps
     importance_init, balanced moves them so each tier's share of the L1 mass matches its
     share of the width (a tier carrying too much is penalised more, a silent one less)."""
     importance_init: list[float] | None = None
-    """Initial importance weights, one per tier, normalised to sum 1 (the logits start at
+    """dense: initial importance weights, one per tier, normalised to sum 1 (the logits start at
     their logs); None: equal weights."""
     balance_rate: float = 0.002
-    """importance=balanced: step of the logit update per training step, times
+    """dense: importance=balanced: step of the logit update per training step, times
     log(L1 share / width share)."""
     init: Literal["xavier", "decoder_transpose"] = "decoder_transpose"
-    """xavier: Xavier-uniform encoders and decoders (paper). decoder_transpose: random unit
+    """dense: xavier: Xavier-uniform encoders and decoders (paper). decoder_transpose: random unit
     decoder rows; tier 1's encoder is the decoder's transpose, tier i's is W'_{i-1} W'_i^T (a
     tier-i latent reads its direction off tier i-1's reconstruction); init_from_data then
     scales each tier's encoder so that every tier starts by reconstructing 1/k of the sample."""
     decoder_norm: Literal["free", "unit", "penalty_weighted"] = "unit"
-    """free: no constraint (paper; the L1 can be dodged by shrinking codes and growing
+    """dense: free: no constraint (paper; the L1 can be dodged by shrinking codes and growing
     decoder rows). unit: decoder rows renormalised to 1 after each step. penalty_weighted:
     each code's L1 is weighted by its decoder row's norm."""
     data_init_bias: bool = True
-    """Start the decoder bias b' at the mean of a data sample (the paper starts it at 0)."""
+    """dense: start the decoder bias b' at the mean of a data sample (the paper starts it at 0)."""
     input_skip: bool = True
-    """Tiers 2..k also read the centred input: h_i = ReLU(W_i h_{i-1} + U_i (x - b') + b_i).
+    """dense: tiers 2..k also read the centred input: h_i = ReLU(W_i h_{i-1} + U_i (x - b') + b_i).
     Without it (paper) every tier sees only the sparse code of the tier below, so all that
     tiers 2..k know of x passes through tier 1's few active latents: at a low L0 the deeper
     tiers can add nothing tier 1 did not already carry (see the README's real-model table).
     W_i still couples a child to its parents (tier_parents reads it)."""
     layernorm: bool = False
-    """LayerNorm on each tier's input codes (paper). On an all-zero (dead) tier its input
+    """dense: a LayerNorm on each tier's input codes (paper). On an all-zero (dead) tier its input
     gradient scales as 1/sqrt(eps), about 316."""
     tier_grad_clip: list[float] | None = None
-    """Max gradient norm of each tier's parameters, one per tier (paper: 1, 2, 5); None uses
+    """dense: max gradient norm of each tier's parameters, one per tier (paper: 1, 2, 5); None uses
     train.grad_clip for every tier."""
 
 
@@ -96,14 +129,24 @@ class _Tier(nn.Module):
             self.register_buffer("importance_logit", logit)
 
 
+def tier_widths(d_in: int, cfg: HSAEConfig) -> list[int]:
+    return [max(1, round(e * d_in)) for e in cfg.tier_expansion]
+
+
 class HSAE(SAE):
-    """Hierarchical SAE: stacked ReLU tiers, per-tier decoders, importance-weighted tier L1."""
+    """The ``hsae`` architecture: building it builds the class of the config's coupling
+    (:class:`saezoo_hsae.tree.TreeHSAE` or :class:`DenseHSAE`), which holds the model."""
 
     Config = HSAEConfig
-    knobs = frozenset({"sparsity_scale", "tier_sparsity_scale", "active_tiers"})
+    # Each coupling's class accepts its own: tree k, dense the other three.
+    knobs = frozenset({"k", "sparsity_scale", "tier_sparsity_scale", "active_tiers"})
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        # The stable dense HSAE (every fix of design §6 on): the defaults, named.
+        "dense": {"sae": {"coupling": "dense", "tier_expansion": [2.0, 3.0, 4.0]}},
+        "tree": {"sae": {"coupling": "tree", "tier_expansion": [1.0, 3.0, 6.0]}},
         "paper": {
             "sae": {
+                "coupling": "dense",
                 "tier_expansion": PAPER_TIER_EXPANSION,
                 "sparsity_coefficient": 0.04,
                 "importance": "learned_softmax",
@@ -128,13 +171,43 @@ class HSAE(SAE):
             # Residual streams have token norms in the hundreds; the synthetic source's are
             # about 1.7, and 100x brings them to about 170 (raw, as the paper trained).
             "data": {"synthetic": {"scale": 100.0}},
-        }
+        },
     }
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> HSAE:
+        if cls is HSAE:
+            cfg = args[1] if len(args) > 1 else kwargs["cfg"]
+            from saezoo_hsae.tree import TreeHSAE
+
+            cls = TreeHSAE if cfg.coupling == "tree" else DenseHSAE
+        return super().__new__(cls)
+
+    @classmethod
+    def l0_control(cls, cfg: HSAEConfig) -> str | None:
+        return "k" if cfg.coupling == "tree" else "sparsity_scale"
+
+    @property
+    def n_tiers(self) -> int:
+        return len(self.tier_widths)
+
+    def latent_groups(self) -> list[tuple[str, int]]:
+        return [(f"tier{i + 1}", w) for i, w in enumerate(self.tier_widths)]
+
+    def validate_tiers(self) -> None:
+        if len(self.cfg.tier_expansion) < 1 or any(e <= 0 for e in self.cfg.tier_expansion):
+            raise ValueError(f"tier_expansion needs at least one positive entry, got {self.cfg.tier_expansion}")
+
+
+class DenseHSAE(HSAE):
+    """Hierarchical SAE with dense coupling: stacked ReLU tiers, per-tier decoders,
+    importance-weighted tier L1."""
+
+    knobs = frozenset({"sparsity_scale", "tier_sparsity_scale", "active_tiers"})
 
     def __init__(self, d_in: int, cfg: HSAEConfig):
         super().__init__(d_in, cfg)
         self.validate()
-        self.tier_widths = [max(1, round(e * d_in)) for e in cfg.tier_expansion]
+        self.tier_widths = tier_widths(d_in, cfg)
         init = torch.tensor(cfg.importance_init or [1.0] * len(self.tier_widths))
         logits = (init / init.sum()).log()
         learned = cfg.importance == "learned_softmax"
@@ -151,15 +224,10 @@ class HSAE(SAE):
         self._last_l1: list[float] = []
         self._last_input_std: list[float] = [0.0] * self.n_tiers
 
-    @property
-    def n_tiers(self) -> int:
-        return len(self.tier_widths)
-
     def validate(self) -> None:
+        self.validate_tiers()
         cfg = self.cfg
         k = len(cfg.tier_expansion)
-        if k < 1 or any(e <= 0 for e in cfg.tier_expansion):
-            raise ValueError(f"tier_expansion needs at least one positive entry, got {cfg.tier_expansion}")
         if cfg.importance_init is not None and (
             len(cfg.importance_init) != k or any(w <= 0 for w in cfg.importance_init)
         ):
@@ -217,9 +285,6 @@ class HSAE(SAE):
 
     def decoder_directions(self) -> Tensor:
         return torch.cat([tier.W_dec for tier in self.tiers], dim=0)
-
-    def latent_groups(self) -> list[tuple[str, int]]:
-        return [(f"tier{i + 1}", w) for i, w in enumerate(self.tier_widths)]
 
     def tier_parents(self, tier: int) -> Tensor:
         """Weights ``[d_tier, d_{tier-1}]`` from tier ``tier - 1``'s latents into tier ``tier``'s

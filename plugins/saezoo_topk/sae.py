@@ -87,7 +87,7 @@ class TopKFamilySAE(UnitNormDictionarySAE):
     def validate(self) -> None:
         super().validate()
         cfg = self.cfg
-        width = cfg.expansion_factor * self.d_in
+        width = self.dictionary_width()
         check_k(cfg.k, width)
         if cfg.aux_k is not None:
             check_k(cfg.aux_k, width, "aux_k")

@@ -1,0 +1,156 @@
+"""The tree-gated HSAE: every latent of tier i > 1 has one fixed parent in tier i-1 and fires
+only where its parent fires (``hsae`` with ``coupling=tree``, its default).
+
+Tier widths are whole multiples of each other: the latents of tier i are grouped in blocks of
+``children_per_parent`` (the width ratio), block p belonging to latent p of tier i-1. Each
+latent has its own encoder column and decoder row, as in a flat SAE, so the dictionary is one
+``[width, d_in]`` matrix and a step is one dense encoder pass (what TopK pays), the
+selection, and topk's fused sparse node (``saezoo_topk.fused``), whose backward touches the
+selected entries only. Nothing costs width^2: the hierarchy lives in the selection, not in
+weights between tiers.
+
+The selection goes down the tiers (as H-SAE, Muchane et al. 2025: top-level TopK, children of
+active parents only, one child per active parent). Tier 1 keeps its largest pre-activations;
+in tier i > 1 each parent that fires offers one candidate, its child with the largest
+pre-activation (siblings are exclusive), and the tier keeps its largest candidates. Each tier
+has its own budget, a share of k (``tier_shares``), kept as BatchTopK keeps its budget: the
+batch x k_i largest in training, a running threshold per tier in eval. Per-tier budgets keep
+every tier in use: with one budget for all tiers the unconstrained tier 1 took it all
+(SmolLM2, 80 steps: L0 42 / 5.5 / 0.6 of 48). A kept latent's value is its pre-activation
+(kept only when positive, so a child may stay silent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from saezoo_hsae.sae import HSAE, HSAEConfig, tier_widths
+from saezoo_topk.fused import Selection
+from saezoo_topk.sae import TopKFamilySAE, by_token, largest_entries
+
+
+class TreeHSAE(HSAE, TopKFamilySAE):
+    """Tree-gated tiers: one parent per latent, one child per active parent, a budget of
+    latents per tier."""
+
+    knobs = frozenset({"k"})
+
+    def __init__(self, d_in: int, cfg: HSAEConfig):
+        super().__init__(d_in, cfg)
+        self.tier_widths = tier_widths(d_in, cfg)
+        self.register_buffer("thresholds", torch.zeros(self.n_tiers))
+        self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def children_per_parent(self) -> list[int]:
+        return [b // a for a, b in zip(self.tier_widths, self.tier_widths[1:])]
+
+    def dictionary_width(self) -> int:
+        self.validate_tiers()
+        widths = tier_widths(self.d_in, self.cfg)
+        if any(b % a for a, b in zip(widths, widths[1:])):
+            raise ValueError(
+                f"coupling=tree needs each tier's width to be a whole multiple of the one before "
+                f"(children_per_parent is the ratio); tier_expansion {self.cfg.tier_expansion} gives "
+                f"widths {widths} at d_in {self.d_in}"
+            )
+        return sum(widths)
+
+    def validate(self) -> None:
+        super().validate()
+        cfg = self.cfg
+        n = len(cfg.tier_expansion)
+        if cfg.tier_shares is not None and (len(cfg.tier_shares) != n or any(s <= 0 for s in cfg.tier_shares)):
+            raise ValueError(f"tier_shares needs {n} positive entries (one per tier), got {cfg.tier_shares}")
+        if not 0 <= cfg.threshold_beta < 1:
+            raise ValueError(f"threshold_beta must be in [0, 1), got {cfg.threshold_beta}")
+
+    def tier_budgets(self, k: int) -> list[float]:
+        """Latents per token each tier keeps on average: k split by ``tier_shares`` (equal by
+        default). A batch keeps round(batch x budget) of a tier, so shares need not give whole
+        numbers per token."""
+        shares = self.cfg.tier_shares or [1.0] * self.n_tiers
+        return [k * s / sum(shares) for s in shares]
+
+    def latent_parents(self) -> Tensor:
+        parents = [torch.full((self.tier_widths[0],), -1, dtype=torch.long)]
+        start = 0
+        for width, ratio in zip(self.tier_widths, self.children_per_parent):
+            parents.append(start + torch.arange(width * ratio) // ratio)
+            start += width
+        return torch.cat(parents)
+
+    def selection(self, k: int) -> Selection:
+        budgets = self.tier_budgets(k)
+        # Until thresholds have been estimated, eval mode keeps the batch rule.
+        by_threshold = not self.training and self.threshold_updates > 0
+
+        def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            batch, width = pre.shape
+            tokens, latents, values = [], [], []
+            fires, start = None, 0
+            for tier, (tier_width, budget) in enumerate(zip(self.tier_widths, budgets)):
+                block = pre[:, start : start + tier_width]
+                if fires is None:
+                    candidates, which = block, None
+                else:
+                    ratio = tier_width // fires.shape[1]
+                    best, which = block.view(batch, -1, ratio).max(-1)
+                    candidates = best.masked_fill(~fires, float("-inf"))
+                token, column, value = self._keep(candidates, budget, tier, by_threshold)
+                local = column if which is None else column * ratio + which[token, column]
+                fires = torch.zeros(batch, tier_width, dtype=torch.bool, device=pre.device)
+                fires[token, local] = True
+                tokens.append(token)
+                latents.append(start + local)
+                values.append(value)
+                start += tier_width
+            token, latent, value = torch.cat(tokens), torch.cat(latents), torch.cat(values)
+            order = (token * width + latent).argsort()
+            return by_token(token[order], latent[order], value[order], batch)
+
+        return select
+
+    def _keep(self, candidates: Tensor, budget: float, tier: int, by_threshold: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """(token, column, value) of the kept candidates, all positive: the batch x budget
+        largest (training: the tier's threshold follows the smallest kept) or those above
+        the tier's threshold."""
+        batch, columns = candidates.shape
+        if by_threshold:
+            token, column = (candidates > self.thresholds[tier].clamp_min(0)).nonzero(as_tuple=True)
+            return token, column, candidates[token, column]
+        value, flat = largest_entries(candidates, min(max(1, round(batch * budget)), candidates.numel()))
+        positive = value > 0
+        value, flat = value[positive], flat[positive]
+        if self.training and value.numel():
+            self._update_threshold(tier, value.min())
+        return flat // columns, flat % columns, value
+
+    @torch.no_grad()
+    def _update_threshold(self, tier: int, smallest: Tensor) -> None:
+        # BatchTopK's running average (bias-corrected as Adam's moments), one per tier; the
+        # count advances once per step, with tier 1.
+        if tier == 0:
+            self.threshold_updates += 1
+        beta = self.cfg.threshold_beta
+        weight = (1 - beta) / (1 - beta ** max(1, int(self.threshold_updates)))
+        self.thresholds[tier].lerp_(smallest.to(self.thresholds.dtype), weight)
+
+    def diagnostics(self) -> dict[str, float]:
+        return {f"threshold/tier{i + 1}": float(t) for i, t in enumerate(self.thresholds)}
+
+    def reconstruct(self, x: Tensor, k: int) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
+        x_hat, codes, pre_of = super().reconstruct(x, k)
+        parents = self.latent_parents().to(x.device)
+
+        def gated_pre_of(dead: Tensor) -> Tensor:
+            # AuxK revives a dead child only where its parent fires: revived elsewhere, it
+            # would learn a direction it can never fire on.
+            of = parents[dead]
+            allowed = (of < 0) | (codes[:, of.clamp_min(0)] > 0)
+            return pre_of(dead).masked_fill(~allowed, float("-inf"))
+
+        return x_hat, codes, gated_pre_of

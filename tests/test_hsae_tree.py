@@ -1,0 +1,160 @@
+"""The tree-gated HSAE (``hsae`` with ``coupling=tree``): gating, the fixed tree, steering by
+k, and that it learns."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from saezoo.activations.synthetic import SyntheticConfig, SyntheticSource
+from saezoo.compare import _matched_l0
+from saezoo.config import resolve_run
+from saezoo.curriculum import check_compatible
+from saezoo.errors import UsageError
+from saezoo.plugins import get_plugins
+from saezoo_hsae.sae import HSAE, DenseHSAE, HSAEConfig
+from saezoo_hsae.tree import TreeHSAE
+
+
+def tree(d_in: int, widths: list[int], k: int, seed: int = 0) -> TreeHSAE:
+    torch.manual_seed(seed)
+    sae = HSAE(d_in, HSAEConfig(coupling="tree", tier_expansion=[w / d_in for w in widths], k=k))
+    assert isinstance(sae, TreeHSAE) and sae.tier_widths == widths
+    return sae
+
+
+def parent_violations(sae: TreeHSAE, codes: torch.Tensor) -> int:
+    """Firings of a latent whose parent is silent on the same token."""
+    parents = sae.latent_parents()
+    child = parents >= 0
+    fires = codes > 0
+    return int((fires[:, child] & ~fires[:, parents[child]]).sum())
+
+
+def test_default_is_dense_and_the_tree_preset_is_tree():
+    assert type(HSAE(16, HSAEConfig())) is DenseHSAE
+    assert type(HSAE(64, resolve_run("hsae", preset="tree").sae)) is TreeHSAE
+    for preset in ("dense", "paper"):
+        assert type(HSAE(64, resolve_run("hsae", preset=preset).sae)) is DenseHSAE
+
+
+def test_latent_parents_is_the_fixed_assignment():
+    sae = tree(4, [2, 4, 8], k=3)
+    expected = [-1, -1, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert sae.latent_parents().tolist() == expected
+    assert sae.children_per_parent == [2, 2]
+    assert sae.latent_groups() == [("tier1", 2), ("tier2", 4), ("tier3", 8)]
+    # Unlike the dense coupling's (strongest weight), training does not move it.
+    x = torch.randn(64, 4)
+    sum(sae(x).losses.values()).backward()
+    assert sae.latent_parents().tolist() == expected
+
+
+@pytest.mark.parametrize("widths", [[8, 12], [4, 8, 12, 6]])
+def test_widths_must_be_whole_multiples(widths):
+    with pytest.raises(ValueError, match="whole multiple of the one before"):
+        tree(4, widths, k=2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    d_in=st.integers(2, 8),
+    top=st.integers(1, 6),
+    ratios=st.lists(st.integers(1, 4), min_size=0, max_size=3),
+    k=st.integers(1, 12),
+    batch=st.integers(1, 24),
+    seed=st.integers(0, 2**16),
+    threshold=st.floats(-1.0, 2.0),
+)
+def test_a_child_never_fires_without_its_parent(d_in, top, ratios, k, batch, seed, threshold):
+    widths = [top]
+    for r in ratios:
+        widths.append(widths[-1] * r)
+    k = max(len(widths), min(k, sum(widths)))
+    sae = tree(d_in, widths, k, seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        # Weights of any sign and size, inputs with outliers: the gating must not depend on
+        # a trained model.
+        for p in (sae.W_enc, sae.b_enc):
+            p.copy_(torch.randn(p.shape, generator=gen) * 3)
+        x = torch.randn(batch, d_in, generator=gen) * torch.rand(batch, 1, generator=gen) * 10
+        sae.train()
+        out = sae(x, {"k": k})
+        assert parent_violations(sae, out.codes) == 0
+        # Eval mode: the threshold rule instead of the batch's largest scores.
+        sae.eval()
+        sae.thresholds.uniform_(threshold, threshold + 1, generator=gen)
+        sae.threshold_updates.fill_(1)
+        assert parent_violations(sae, sae.encode(x)) == 0
+    # One child per active parent: siblings are exclusive.
+    start = widths[0]
+    for width, ratio in zip(widths[1:], sae.children_per_parent):
+        siblings = (out.codes[:, start : start + width] > 0).reshape(batch, -1, ratio)
+        assert int(siblings.sum(-1).max()) <= 1
+        start += width
+
+
+@pytest.mark.parametrize(("k", "shares", "budgets"), [(6, None, [2, 2, 2]), (40, None, [40 / 3] * 3), (10, [2, 1, 1], [5, 2.5, 2.5])])
+def test_each_tier_spends_its_share_of_k(k, shares, budgets):
+    torch.manual_seed(0)
+    sae = HSAE(8, HSAEConfig(coupling="tree", tier_expansion=[8.0, 32.0, 64.0], k=k, tier_shares=shares))
+    assert sae.tier_budgets(k) == pytest.approx(budgets)
+    x = torch.randn(512, 8)
+    sae.init_from_data(x)
+    with torch.no_grad():
+        out = sae(x)
+        pre = sae.pre_activations(x)
+    fires = out.codes > 0
+    per_tier = [float(fires[:, s].sum(-1).float().mean()) for s in (slice(0, 64), slice(64, 320), slice(320, 832))]
+    # Tier 1 spends its budget exactly; a deeper tier keeps at most its budget (a kept child
+    # whose pre-activation is not positive stays silent), most of it at initialisation.
+    assert per_tier[0] == pytest.approx(budgets[0], abs=0.01)
+    assert all(0.5 * b <= t <= b + 0.01 for t, b in zip(per_tier[1:], budgets[1:])), per_tier
+    # A kept latent carries its own pre-activation.
+    torch.testing.assert_close(out.codes[fires], pre[fires])
+
+
+def test_target_l0_steers_k_for_tree_and_the_penalty_for_dense():
+    assert _matched_l0("hsae", HSAEConfig(coupling="tree"), 40) == ("constant", ["sae.k=40"])
+    dense = resolve_run("hsae", preset="dense").sae
+    assert _matched_l0("hsae", dense, 40) == ("target-l0", ["curriculum.target=40"])
+    curricula = get_plugins().curricula
+    check_compatible("k-anneal", curricula.get("k-anneal"), "hsae", TreeHSAE)
+    with pytest.raises(UsageError, match="'target-l0' sets knob"):
+        check_compatible("target-l0", curricula.get("target-l0"), "hsae", TreeHSAE)
+    with pytest.raises(UsageError, match="'k-anneal' sets knob"):
+        check_compatible("k-anneal", curricula.get("k-anneal"), "hsae", DenseHSAE)
+
+
+def test_short_synthetic_run_reconstructs_and_uses_every_tier():
+    # Two levels (4 parents x 3 children) plus 16 independent features in 16 dimensions;
+    # tier 1 (24 latents) has room for the 20 top-level features, tier 2 for 3 children each.
+    source = SyntheticSource(SyntheticConfig(d_in=16, n_parents=4, n_independent=16, p_parent=0.15))
+    batches = source.batches(1024)
+    sample = next(batches)
+    scale = (16 / sample.pow(2).sum(-1).mean()).sqrt()
+    sae = tree(16, [24, 72], k=3)
+    sae.init_from_data(sample * scale)
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    for _ in range(300):
+        out = sae(next(batches) * scale, {}, torch.zeros(sae.width, dtype=torch.bool))
+        opt.zero_grad()
+        sum(out.losses.values()).backward()
+        sae.after_backward()
+        opt.step()
+        sae.after_step()
+    sae.eval()
+    x = source.eval_activations(4096) * scale
+    with torch.no_grad():
+        codes = sae.encode(x)
+        x_hat = sae.decode(codes)
+    ev = 1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    # A model whose selection or decoder is broken stays far below (the mean predicts 0).
+    assert ev > 0.9, ev
+    assert parent_violations(sae, codes) == 0
+    assert (codes[:, 24:] > 0).any(-1).float().mean() > 0.1  # children carry part of it
