@@ -67,8 +67,9 @@ class HSAEConfig:
     threshold_beta: float = 0.99
     """tree: decay of the running average of each tier's selection threshold, which replaces
     the batch selection in eval mode."""
-    # The tree-gated model always decodes through topk's fused sparse node.
     sparse_decode: ClassVar[bool] = True
+    """tree: always on, not a setting: the tree-gated model decodes through topk's fused
+    sparse node, whose code reads this flag."""
     sparsity_coefficient: float = 2.0
     """dense: lambda, weight of the importance-weighted L1 penalty per token. With the importance
     weights summing to 1, each tier's coefficient is lambda * w_i (inputs have E||x||^2 = d_in
