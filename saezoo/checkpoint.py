@@ -167,7 +167,7 @@ def load_tensors(path: Path, checksum: str = "required") -> tuple[dict[str, Tens
     saezoo writes a sha256 into every file, so one without it (``checksum="required"``) was
     written or stripped by something else: refused, unless ``$SAEZOO_ALLOW_UNCHECKED_WEIGHTS``
     is set. Files of other libraries (SAELens has no checksum; ``checksum="optional"``) are
-    checked when they carry one and loaded with a notice when not.
+    checked when they carry one and loaded without a word when not (docs/interop.md).
     """
     path = Path(path)
     if not path.is_file():
@@ -185,7 +185,9 @@ def load_tensors(path: Path, checksum: str = "required") -> tuple[dict[str, Tens
                 f"{path}: no sha256 in its metadata, so it cannot be checked (saezoo writes one into every file); "
                 f"restore the file, or set {ALLOW_UNCHECKED_ENV}=1 to load it unchecked"
             )
-        print(f"saezoo: note: {path} carries no sha256; loaded unchecked", file=sys.stderr)
+        if checksum == "required":  # a SAELens file never has one: no news, and it would
+            # come ahead of any one-line error that follows
+            print(f"saezoo: note: {path} carries no sha256; loaded unchecked", file=sys.stderr)
     elif tensor_digest(tensors) != expected:
         raise UsageError(f"{path}: checksum mismatch, the file was altered or damaged; retrain or restore it")
     return tensors, metadata

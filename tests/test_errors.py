@@ -117,7 +117,7 @@ def case(env, row: str):
     if row == "negative-coefficient":
         return ["train", "flat", *SYN, "--set", "l1_coefficient=-1", "--out", str(r / "nc")], {}, ["l1_coefficient must be >= 0"]
     if row == "tree-widths":
-        return ["train", "hsae", *SYN, "--set", "tier_expansion=[2,3]", "--out", str(r / "tw")], {}, ["whole multiple", "[128, 192]"]
+        return ["train", "hsae", *SYN, "--preset", "tree", "--set", "tier_expansion=[2,3]", "--out", str(r / "tw")], {}, ["whole multiple", "[128, 192]"]
     if row == "k-too-large":
         return ["train", "topk", *SYN, "--set", "k=100000", "--out", str(r / "kt")], {}, ["100000", "width"]
     if row == "bad-synthetic-tree":
@@ -213,7 +213,7 @@ def case(env, row: str):
         edit_cfg(run, lambda c: c.update(train="fast"))
         return ["eval", str(run)], {}, ["train: expected a table of settings"]
     if row == "damaged-trainer-state":
-        run = copy_run(env, "trainerstate")
+        run = copy_run(env, "trainerstate", symlinks=True)
         from saezoo.checkpoint import checkpoint_dir
 
         state = checkpoint_dir(run) / "trainer.json"
