@@ -110,7 +110,8 @@ def resolve_variants(
         run = resolve(curriculum, [])
         if target_l0 is not None:
             # The variant's own settings decide how its L0 is steered (a setting may switch it).
-            run = resolve(*_matched_l0(arch, run.sae, target_l0))
+            steered, extra = _matched_l0(arch, run.sae, target_l0)
+            run = resolve(steered or curriculum, extra)
         # What defines the shared stream comes from the user, never from a preset.
         shared = resolve_run(arch, options=layer, tokens=tokens)
         run.train = dataclasses.replace(run.train, **{k: getattr(shared.train, k) for k in SHARED_TRAIN})
@@ -146,19 +147,17 @@ def _split_variant_sets(sets: list[str], names: list[str]) -> tuple[list[str], d
     return shared, own
 
 
-def _matched_l0(arch: str, sae_cfg: Any, target: float) -> tuple[str, list[str]]:
-    """How to bring ``arch`` configured as ``sae_cfg`` to L0 = target: the target-l0
-    curriculum, or k itself."""
+def _matched_l0(arch: str, sae_cfg: Any, target: float) -> tuple[str | None, list[str]]:
+    """How to bring ``arch`` configured as ``sae_cfg`` to L0 = target: what the
+    architecture's ``SAE.l0_control`` says (a curriculum, None for the given one, and settings)."""
     from saezoo.plugins import get_plugins
 
     if not (math.isfinite(target) and target > 0):
         raise UsageError(f"--target-l0 must be a positive finite number, got {target}")
-    control = get_plugins().architectures.get(arch).l0_control(sae_cfg)
-    if control == "sparsity_scale":
-        return "target-l0", [f"curriculum.target={target}"]
-    if control == "k":
-        return "constant", [f"sae.k={int(round(target))}"]
-    raise UsageError(f"--target-l0: architecture {arch!r} has neither a sparsity coefficient nor k to steer")
+    control = get_plugins().architectures.get(arch).l0_control(sae_cfg, target)
+    if control is None:
+        raise UsageError(f"--target-l0: architecture {arch!r} declares no way to steer its L0 (SAE.l0_control)")
+    return control
 
 
 def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> dict[str, Any]:
@@ -240,14 +239,22 @@ def write_report(report: dict[str, Any], out: Path, densities: dict[str, torch.T
     curves = {label: _loss_curves(Path(v["run_dir"]) / "tb") for label, v in variants.items() if v["run_dir"]}
     plots.training_curves(curves, out / "training_curves.png")
     plots.ev_vs_l0({k: (v["metrics"]["l0"], v["metrics"]["explained_variance"]) for k, v in variants.items()}, out / "ev_vs_l0.png")
+    tiers = _tier_activity(report)
+    if tiers:
+        plots.tier_activity(tiers, out / "tier_activity.png")
+    plots.feature_density(densities, out / "feature_density.png")
+    checkpoint.atomic_write(out / "report.md", lambda tmp: tmp.write_text(markdown(report)))
+
+
+def _tier_activity(report: dict[str, Any]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per variant, per tier (or firing-frequency group): (L0, alive fraction). Empty when no
+    variant has tiers: there is then no tier plot to draw or link."""
     tiers = {}
-    for label, v in variants.items():
+    for label, v in report["variants"].items():
         m = v["metrics"]
         groups = [k.split("/", 1)[1] for k in m if k.startswith("l0/")]
         tiers[label] = {g: (m[f"l0/{g}"], m[f"alive_fraction/{g}"]) for g in groups}
-    plots.tier_activity(tiers, out / "tier_activity.png")
-    plots.feature_density(densities, out / "feature_density.png")
-    checkpoint.atomic_write(out / "report.md", lambda tmp: tmp.write_text(markdown(report)))
+    return tiers if any(tiers.values()) else {}
 
 
 def _loss_curves(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -295,8 +302,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "![explained variance vs L0](ev_vs_l0.png)",
         "",
-        "![tier activity](tier_activity.png)",
-        "",
+        *(["![tier activity](tier_activity.png)", ""] if _tier_activity(report) else []),
         "![feature density](feature_density.png)",
         "",
     ]

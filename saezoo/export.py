@@ -7,34 +7,17 @@ The format followed is SAELens 6.x as ``SAE.save_model`` writes it in **sae-lens
 
     cfg.json                 {"architecture", "d_in", "d_sae", "dtype", "device",
                               "apply_b_dec_to_input", "normalize_activations",
-                              "reshape_activations", "metadata": {...}}
-                             topk adds "k" and "rescale_acts_by_decoder_norm"
-    sae_weights.safetensors  W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_dec [d_in], and
-                               standard, topk: b_enc [d_sae]
-                               jumprelu:       b_enc [d_sae], threshold [d_sae]
-                               gated:          b_gate, r_mag, b_mag [d_sae] (no b_enc)
+                              "reshape_activations", "metadata": {...}} plus the keys of
+                             the architecture (e.g. "k")
+    sae_weights.safetensors  the architecture's tensors, at least W_enc [d_in, d_sae],
+                             W_dec [d_sae, d_in] and b_dec [d_in]
 
-With ``sae_in = x - b_dec`` (when ``apply_b_dec_to_input``, else ``x``) SAELens computes
-``pre = sae_in @ W_enc + b_enc`` and codes ``ReLU(pre)`` (standard), the k largest of
-``ReLU(pre)`` (topk), ``ReLU(pre) * (pre > threshold)`` (jumprelu), or for gated
-``(sae_in @ W_enc + b_gate > 0) * ReLU(sae_in @ (W_enc * exp(r_mag)) + b_mag)``; every
-architecture decodes ``codes @ W_dec + b_dec``. These are saezoo's formulas too, so the
-mapping is exact:
-
-    saezoo      SAELens    notes
-    flat        standard
-    topk        topk       rescale_acts_by_decoder_norm false
-    batchtopk   jumprelu   the global threshold repeated per latent (as SAELens saves its BatchTopK)
-    matryoshka  jumprelu   likewise (as SAELens saves its matryoshka_batchtopk); the prefix
-                           sizes go into the metadata
-    jumprelu    jumprelu   threshold = exp(log_threshold)
-    gated       gated      b_gate, r_mag, b_mag as they are
-
-Any other architecture (hsae, third-party ones) has no SAELens counterpart and is refused.
-Reading goes the other way (standard -> flat, topk -> topk, jumprelu -> jumprelu, gated ->
-gated), folding ``apply_b_dec_to_input = false`` and ``rescale_acts_by_decoder_norm = true``
-into the weights. The mapping is keyed by the registered architecture name; every export
-is checked by reading the files back and comparing encode/decode with the run's SAE.
+This module knows the format only. Each architecture maps itself (the SAE contract in
+:mod:`saezoo.sae`): ``SAE.to_saelens()`` gives SAELens's architecture name, tensors and
+extra keys (the default: a plain ReLU SAE is SAELens's "standard"), and the classes that
+list a SAELens architecture in ``saelens_reads`` read it back (``SAE.from_saelens``).
+Every export is checked by reading the files back with that reader and comparing
+encode/decode with the run's SAE; a mapping that does not hold is refused, never written.
 
 saezoo's saved weights already take raw activations (the normalisation is folded in), so
 exports say ``normalize_activations: "none"``. The metadata carries SAELens's usual keys
@@ -50,7 +33,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,80 +51,39 @@ SAELENS_FORMAT_VERSION = "6.54.12"
 SAELENS_CFG_FILE = "cfg.json"
 SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
 
-# Tensor names and shapes of each SAELens architecture ("in" = d_in, "sae" = d_sae).
-SAELENS_TENSORS: dict[str, dict[str, tuple[str, ...]]] = {
-    "standard": {"W_enc": ("in", "sae"), "W_dec": ("sae", "in"), "b_enc": ("sae",), "b_dec": ("in",)},
-    "topk": {"W_enc": ("in", "sae"), "W_dec": ("sae", "in"), "b_enc": ("sae",), "b_dec": ("in",)},
-    "jumprelu": {
-        "W_enc": ("in", "sae"),
-        "W_dec": ("sae", "in"),
-        "b_enc": ("sae",),
-        "b_dec": ("in",),
-        "threshold": ("sae",),
-    },
-    "gated": {
-        "W_enc": ("in", "sae"),
-        "W_dec": ("sae", "in"),
-        "b_gate": ("sae",),
-        "r_mag": ("sae",),
-        "b_mag": ("sae",),
-        "b_dec": ("in",),
-    },
-}
 
-# saezoo architecture read back from each SAELens architecture.
-IMPORTS: dict[str, str] = {"standard": "flat", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+def _readers() -> dict[str, list[str]]:
+    """SAELens architecture -> the registered saezoo architectures that read it."""
+    from saezoo.plugins import get_plugins
+
+    readers: dict[str, list[str]] = {}
+    for entry in get_plugins().architectures.entries.values():
+        for saelens_arch in getattr(entry.obj, "saelens_reads", {}):
+            readers.setdefault(saelens_arch, []).append(entry.name)
+    return readers
 
 
-# --- export ------------------------------------------------------------------------------------
-
-Exported = tuple[str, dict[str, Tensor], dict[str, Any]]  # SAELens architecture, tensors, extra cfg keys
-
-
-def _common(s: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {"W_enc": s["W_enc"], "W_dec": s["W_dec"], "b_enc": s["b_enc"], "b_dec": s["b_dec"]}
+def readable() -> str:
+    """``gated->gated, standard->flat, ...``: the SAELens architectures saezoo reads."""
+    return ", ".join(f"{a}->{'/'.join(names)}" for a, names in sorted(_readers().items())) or "none"
 
 
-def _flat(s: dict[str, Tensor], cfg: dict[str, Any]) -> Exported:
-    return "standard", _common(s), {}
-
-
-def _topk(s: dict[str, Tensor], cfg: dict[str, Any]) -> Exported:
-    return "topk", _common(s), {"k": int(cfg["k"]), "rescale_acts_by_decoder_norm": False}
-
-
-def _batchtopk(s: dict[str, Tensor], cfg: dict[str, Any]) -> Exported:
-    if int(s["threshold_updates"]) == 0:
+def _reader(saelens_arch: Any, where: Path | str) -> str:
+    """The one registered architecture that reads SAELens ``saelens_arch``."""
+    names = _readers().get(saelens_arch) if isinstance(saelens_arch, str) else None
+    if not names:
         raise UsageError(
-            "this run has no inference threshold yet (it is estimated during training); train it for at least one step"
+            f"{where}: SAELens architecture {saelens_arch!r} has no saezoo counterpart (readable: {readable()})"
         )
-    threshold = s["threshold"].reshape(()).expand(s["W_dec"].shape[0]).clone()
-    return "jumprelu", {**_common(s), "threshold": threshold}, {}
+    if len(names) > 1:
+        from saezoo.plugins import get_plugins
 
-
-def _jumprelu(s: dict[str, Tensor], cfg: dict[str, Any]) -> Exported:
-    return "jumprelu", {**_common(s), "threshold": s["log_threshold"].exp()}, {}
-
-
-def _gated(s: dict[str, Tensor], cfg: dict[str, Any]) -> Exported:
-    names = ("W_dec", "b_gate", "r_mag", "b_mag", "b_dec")
-    return "gated", {n: s[n] for n in ("W_enc", *names)}, {}
-
-
-EXPORTERS: dict[str, Callable[[dict[str, Tensor], dict[str, Any]], Exported]] = {
-    "flat": _flat,
-    "topk": _topk,
-    "batchtopk": _batchtopk,
-    "matryoshka": _batchtopk,
-    "jumprelu": _jumprelu,
-    "gated": _gated,
-}
-_SAELENS_NAME = {"flat": "standard", "topk": "topk", "batchtopk": "jumprelu", "matryoshka": "jumprelu", "jumprelu": "jumprelu", "gated": "gated"}
-
-
-def exportable() -> str:
-    """``flat->standard, topk->topk, ...``: what ``--format saelens`` accepts."""
-    return ", ".join(f"{a}->{_SAELENS_NAME[a]}" for a in sorted(EXPORTERS))
+        owners = ", ".join(f"{n!r} (plugin {get_plugins().architectures.entries[n].plugin!r})" for n in names)
+        raise UsageError(
+            f"{where}: SAELens architecture {saelens_arch!r} is read by several architectures: {owners}; "
+            f"block all but one with SAEZOO_BLOCK_PLUGINS"
+        )
+    return names[0]
 
 
 # TransformerLens names the output of block N ``blocks.N.hook_resid_post``.
@@ -159,24 +100,17 @@ def transformer_lens_hook(hook: str | None) -> str | None:
 def to_saelens(sae: SAE, header: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """SAELens's ``cfg.json`` contents and tensors for a loaded saezoo run."""
     architecture = header["architecture"]
-    exporter = EXPORTERS.get(architecture)
-    if exporter is None:
+    form = sae.to_saelens()
+    if form is None:
         raise UsageError(
-            f"architecture {architecture!r} has no SAELens counterpart, so --format saelens cannot export it "
-            f"(exportable: {exportable()}; formats: {', '.join(FORMATS)})"
+            f"architecture {architecture!r} ({type(sae).__name__}) has no SAELens counterpart, so --format saelens "
+            f"cannot export it (its plugin maps it by SAE.to_saelens; readable by SAELens: {readable()}; "
+            f"formats: {', '.join(FORMATS)})"
         )
-    state = {k: v.detach().to("cpu", torch.float32) for k, v in sae.state_dict().items()}
-    try:
-        sl_arch, tensors, extra = exporter(state, header.get("sae", {}))
-    except KeyError as exc:
-        raise UsageError(
-            f"architecture {architecture!r} (plugin class {type(sae).__name__}) lacks tensor {exc.args[0]!r} "
-            f"that the SAELens export of {architecture!r} expects"
-        ) from None
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in form.tensors.items()}
     d_sae, d_in = tensors["W_dec"].shape
     cfg = {
-        "architecture": sl_arch,
+        "architecture": form.architecture,
         "d_in": int(d_in),
         "d_sae": int(d_sae),
         "dtype": "float32",
@@ -184,8 +118,8 @@ def to_saelens(sae: SAE, header: dict[str, Any]) -> tuple[dict[str, Any], dict[s
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",  # saezoo folds its scale into the weights
         "reshape_activations": "none",
-        **extra,
-        "metadata": _metadata(sae, header),
+        **form.cfg,
+        "metadata": {**_metadata(sae, header), **form.metadata},
     }
     return cfg, tensors
 
@@ -210,8 +144,6 @@ def _metadata(sae: SAE, header: dict[str, Any]) -> dict[str, Any]:
             prepend_bos=True,  # saezoo prepends BOS and excludes it
             exclude_special_tokens=True,
         )
-    if header["architecture"] in ("batchtopk", "matryoshka"):
-        meta["training_architecture"] = {"batchtopk": "batchtopk", "matryoshka": "matryoshka_batchtopk"}[header["architecture"]]
     meta["saezoo"] = {
         "version": saezoo.__version__,
         "architecture": header["architecture"],
@@ -271,8 +203,8 @@ def check_same(original: SAE, copy: SAE, what: str, tokens: int = 128) -> None:
         err = float((a - b).norm() / a.norm().clamp_min(1e-12))
         if not math.isfinite(err) or err > 1e-4:
             raise UsageError(
-                f"{what}: the written {name} differ from the run's (relative error {err:.2e}); "
-                f"is {type(original).__name__} the built-in architecture of that name?"
+                f"{what}: the written {name} differ from the run's (relative error {err:.2e}): the SAELens "
+                f"mapping of {type(original).__name__} (SAE.to_saelens) does not hold"
             )
 
 
@@ -286,7 +218,8 @@ def is_saelens_dir(path: Path | str) -> bool:
 
 def _normalise_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     """Fill in what configs written before SAELens 6.0 left implicit (as SAELens's own
-    ``handle_pre_6_0_config`` does): architecture, topk's k, top-level metadata."""
+    ``handle_pre_6_0_config`` does): architecture, the activation's settings (topk's k) as
+    top-level keys, top-level metadata."""
     cfg = dict(cfg)
     meta = dict(cfg.get("metadata") or {})
     for key in ("model_name", "hook_name", "hf_hook_name", "dataset_path", "context_size", "sae_lens_version"):
@@ -298,8 +231,8 @@ def _normalise_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     kwargs = cfg.get("activation_fn_kwargs") or {}
     if "architecture" not in cfg:
         cfg["architecture"] = "topk" if (cfg.get("activation_fn") or cfg.get("activation_fn_str")) == "topk" else "standard"
-    if cfg["architecture"] == "topk" and "k" not in cfg and "k" in kwargs:
-        cfg["k"] = kwargs["k"]
+    for key, value in kwargs.items():  # e.g. topk's k
+        cfg.setdefault(key, value)
     norm = cfg.get("normalize_activations", "none")
     cfg["normalize_activations"] = {None: "none", False: "none", True: "expected_average_only_in"}.get(norm, norm)
     return cfg
@@ -320,12 +253,11 @@ def import_saelens(path: Path | str) -> tuple[SAE, dict[str, Any]]:
 
 def from_saelens(cfg: dict[str, Any], tensors: dict[str, Tensor], where: Path | str) -> tuple[SAE, dict[str, Any]]:
     """The saezoo SAE for SAELens ``cfg`` and ``tensors`` (see :func:`import_saelens`)."""
+    from saezoo.plugins import get_plugins
+
     arch = cfg.get("architecture")
-    if arch not in IMPORTS:
-        raise UsageError(
-            f"{where}: SAELens architecture {arch!r} has no saezoo counterpart "
-            f"(readable: {', '.join(f'{a}->{IMPORTS[a]}' for a in sorted(IMPORTS))})"
-        )
+    name = _reader(arch, where)
+    cls = get_plugins().architectures.get(name)
     d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
     if not (isinstance(d_in, int) and isinstance(d_sae, int) and d_in > 0 and d_sae > 0):
         raise UsageError(f"{where}: cfg.json needs positive integers d_in and d_sae, got {d_in!r} and {d_sae!r}")
@@ -340,7 +272,7 @@ def from_saelens(cfg: dict[str, Any], tensors: dict[str, Tensor], where: Path | 
     scaling = tensors.pop("scaling_factor", None)  # SAELens < 6 stored an all-ones one
     if scaling is not None and not torch.allclose(scaling.float(), torch.ones_like(scaling, dtype=torch.float32)):
         raise UsageError(f"{where}: a finetuning scaling_factor other than 1 is not supported")
-    expected = SAELENS_TENSORS[arch]
+    expected = cls.saelens_reads[arch]
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise UsageError(
@@ -348,52 +280,30 @@ def from_saelens(cfg: dict[str, Any], tensors: dict[str, Tensor], where: Path | 
             f"(missing: {', '.join(missing) or 'none'}; unexpected: {', '.join(unexpected) or 'none'})"
         )
     sizes = {"in": d_in, "sae": d_sae}
-    for name, dims in expected.items():
+    for tname, dims in expected.items():
         shape = tuple(sizes[d] for d in dims)
-        if tuple(tensors[name].shape) != shape:
-            raise UsageError(f"{where}: tensor {name} has shape {tuple(tensors[name].shape)}, cfg.json implies {shape}")
+        if tuple(tensors[tname].shape) != shape:
+            raise UsageError(f"{where}: tensor {tname} has shape {tuple(tensors[tname].shape)}, cfg.json implies {shape}")
     t = {k: v.detach().to("cpu", torch.float32) for k, v in tensors.items()}
-    apply_b_dec = bool(cfg.get("apply_b_dec_to_input", True))
-    # saezoo always encodes x - b_dec; without apply_b_dec_to_input, b_dec @ W_enc moves into the biases.
-    shift = None if apply_b_dec else t["b_dec"] @ t["W_enc"]
-    sae_cfg: dict[str, Any] = {"expansion_factor": max(1, math.ceil(d_sae / d_in))}
-    if arch == "gated":
-        params = {
-            "W_enc": t["W_enc"],
-            "b_gate": t["b_gate"] if shift is None else t["b_gate"] + shift,
-            "r_mag": t["r_mag"],
-            "b_mag": t["b_mag"] if shift is None else t["b_mag"] + shift * t["r_mag"].exp(),
-            "W_dec": t["W_dec"],
-            "b_dec": t["b_dec"],
-        }
-    else:
-        params = {k: t[k] for k in ("W_enc", "W_dec", "b_enc", "b_dec")}
-        if shift is not None:
-            params["b_enc"] = params["b_enc"] + shift
-        if arch == "topk":
-            k = cfg.get("k")
-            if not isinstance(k, int) or not 1 <= k <= d_sae:
-                raise UsageError(f"{where}: topk needs an integer k between 1 and d_sae ({d_sae}), got {k!r}")
-            sae_cfg["k"] = k
-            if cfg.get("rescale_acts_by_decoder_norm", False):
-                # codes = TopK(pre * |W_dec|) decoded as codes / |W_dec| @ W_dec: fold the norms.
-                norm = params["W_dec"].norm(dim=-1)
-                params["W_enc"], params["b_enc"] = params["W_enc"] * norm, params["b_enc"] * norm
-                params["W_dec"] = params["W_dec"] / norm[:, None]
-        if arch == "jumprelu":
-            # ReLU(pre) * (pre > t) equals pre * (pre > max(t, 0)); log(0) = -inf gives a plain ReLU.
-            params["log_threshold"] = t["threshold"].clamp_min(0).log()
-    name = IMPORTS[arch]
+    try:
+        sae_cfg, params = cls.from_saelens(arch, cfg, t)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
     with torch.device("meta"):  # only the shapes; the real tensors are assigned below
         sae = checkpoint.build_sae(name, d_in, sae_cfg)
-    own = dict(sae.named_parameters())
-    if set(own) != set(params) or dict(sae.named_buffers()):
+    own = sae.state_dict()
+    if set(own) != set(params):
         raise UsageError(
-            f"{where}: the registered architecture {name!r} ({type(sae).__name__}) does not have the parameters "
-            f"of saezoo's built-in {name!r}; cannot read SAELens {arch!r} into it"
+            f"{where}: {name}'s SAE.from_saelens ({cls.__name__}) gives the tensors {', '.join(sorted(params))}, "
+            f"its module has {', '.join(sorted(own))}"
         )
-    for pname, value in params.items():
-        setattr(sae, pname, nn.Parameter(value.contiguous()))
+    # The SAELens SAE's tensors replace the module's (its width need not be a multiple of d_in).
+    buffers = {n for n, _ in sae.named_buffers()}
+    for tname, value in params.items():
+        owner, _, attr = tname.rpartition(".")
+        module = sae.get_submodule(owner)
+        value = value.contiguous()
+        setattr(module, attr, value if tname in buffers else nn.Parameter(value))
     meta = cfg.get("metadata") or {}
     info = {
         "format": "saelens",

@@ -14,6 +14,11 @@ A variant is an ``nn.Module`` subclass of :class:`SAE` with:
 * ``latent_parents()``: the structural tree, where the architecture has one (the hierarchy
   contract; :mod:`saezoo.hierarchy` infers a tree from co-firing for every SAE alike and
   reports the structural one beside it).
+* ``l0_control(cfg, target)``: the settings that bring the L0 to a target (``compare
+  --target-l0``).
+* ``to_saelens()`` / ``from_saelens(...)`` with ``saelens_reads``: the variant in SAELens's
+  terms, both directions (:mod:`saezoo.export` writes and checks the format). The defaults
+  export and read a plain ReLU SAE.
 
 Inputs seen in training are normalised (E‖x‖² = d_in); :meth:`SAE.fold_input_scale`
 folds that scale into the weights when the run is saved, so saved SAEs take raw
@@ -23,6 +28,7 @@ activations.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -33,6 +39,29 @@ class SAEOutput(NamedTuple):
     x_hat: Tensor
     codes: Tensor
     losses: dict[str, Tensor]
+
+
+class SAELensForm(NamedTuple):
+    """An SAE as SAELens holds it (what :meth:`SAE.to_saelens` returns)."""
+
+    architecture: str
+    """SAELens's name for the architecture (cfg.json's ``architecture``)."""
+    tensors: dict[str, Tensor]
+    """sae_weights.safetensors's tensors by SAELens's names."""
+    cfg: dict[str, Any] = {}
+    """Keys cfg.json holds for this architecture besides the common ones (topk's ``k``)."""
+    metadata: dict[str, Any] = {}
+    """Keys added to cfg.json's ``metadata`` (e.g. ``training_architecture``)."""
+
+
+#: The tensors of SAELens's plain ReLU SAE ("standard") and their shapes ("in" = d_in,
+#: "sae" = d_sae); other SAELens architectures add to these.
+RELU_SAELENS_TENSORS: dict[str, tuple[str, ...]] = {
+    "W_enc": ("in", "sae"),
+    "W_dec": ("sae", "in"),
+    "b_enc": ("sae",),
+    "b_dec": ("in",),
+}
 
 
 # Knobs the trainer itself applies; an SAE declares the others it accepts in ``knobs``.
@@ -47,6 +76,10 @@ class SAE(nn.Module):
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
     #: Curriculum knobs this architecture applies in ``forward`` (besides TRAINER_KNOBS).
     knobs: ClassVar[frozenset[str]] = frozenset()
+    #: SAELens architectures this class reads (``saezoo eval`` and ``browse`` on a SAELens
+    #: directory, and the check of every export), each with its tensors' shapes as in
+    #: RELU_SAELENS_TENSORS. Empty by default: the class reads none.
+    saelens_reads: ClassVar[dict[str, dict[str, tuple[str, ...]]]] = {}
 
     def __init__(self, d_in: int, cfg: Any):
         super().__init__()
@@ -113,20 +146,64 @@ class SAE(nn.Module):
         """Raise ``ValueError`` with a clear message for an impossible config."""
 
     @classmethod
-    def l0_control(cls, cfg: Any) -> str | None:
-        """What brings ``cfg``'s L0 to a target (``compare --target-l0``): ``"k"`` when the
-        config's ``k`` is the L0, ``"sparsity_scale"`` when a penalty is scaled by that knob
-        (the target-l0 curriculum steers it), None when neither. The default answers from the
-        knobs and the config's fields; an architecture whose settings switch between the two
-        says which per config."""
+    def l0_control(cls, cfg: Any, target: float) -> tuple[str | None, list[str]] | None:
+        """How ``compare --target-l0`` brings ``cfg``'s L0 to ``target``: ``(curriculum,
+        settings)``, the curriculum to train with (None: the one given) and ``--set`` items;
+        None when the architecture has no way to. The default: the ``target-l0`` curriculum
+        (which scales the penalty) when the architecture applies the ``sparsity_scale`` knob,
+        else ``k = target`` (constant curriculum) for a config with a field ``k``. An architecture whose
+        settings switch between the two answers per config."""
         if "sparsity_scale" in cls.knobs:
-            return "sparsity_scale"
+            return "target-l0", [f"curriculum.target={target}"]
         if "k" in {f.name for f in dataclasses.fields(cfg)}:
-            return "k"
+            return "constant", [f"sae.k={int(round(target))}"]
         return None
+
+    def to_saelens(self) -> SAELensForm | None:
+        """This SAE in SAELens's terms, for ``saezoo export --format saelens``; None when it has
+        no SAELens counterpart. The default: a module whose tensors are exactly W_enc, W_dec,
+        b_enc, b_dec is SAELens's ReLU SAE ("standard"), else None. Export reads the files
+        back (with the class that reads the SAELens architecture) and compares encode/decode,
+        so a mapping that does not hold is refused, never written."""
+        state = self.state_dict()
+        if set(state) != set(RELU_SAELENS_TENSORS):
+            return None
+        return SAELensForm("standard", dict(state))
+
+    @classmethod
+    def from_saelens(
+        cls, architecture: str, cfg: dict[str, Any], tensors: dict[str, Tensor]
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """``(config fields, parameters)`` of this class for a SAELens SAE: ``architecture``
+        is one of ``saelens_reads``, ``cfg`` its cfg.json, ``tensors`` float32 on the CPU
+        with the declared shapes. saezoo encodes ``x - b_dec``; a SAELens SAE without
+        ``apply_b_dec_to_input`` needs ``b_dec @ W_enc`` added to its encoder bias
+        (:func:`b_dec_shift`). The default reads a ReLU SAE's four tensors into a config
+        whose ``expansion_factor`` fits the width (:func:`saelens_expansion`)."""
+        params = {name: tensors[name] for name in RELU_SAELENS_TENSORS}
+        shift = b_dec_shift(cfg, tensors)
+        if shift is not None:
+            params["b_enc"] = params["b_enc"] + shift
+        return saelens_expansion(tensors), params
 
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.cfg)
+
+
+def b_dec_shift(saelens_cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Tensor | None:
+    """``b_dec @ W_enc`` for a SAELens SAE that encodes ``x`` rather than ``x - b_dec``
+    (``apply_b_dec_to_input`` false): what its encoder biases gain when saezoo subtracts
+    b_dec first. None when it subtracts b_dec too (nothing to fold)."""
+    if bool(saelens_cfg.get("apply_b_dec_to_input", True)):
+        return None
+    return tensors["b_dec"] @ tensors["W_enc"]
+
+
+def saelens_expansion(tensors: dict[str, Tensor]) -> dict[str, Any]:
+    """``{"expansion_factor": ...}`` large enough for a SAELens SAE's width (its tensors
+    replace the module's, so the width read is theirs, also when it is no multiple of d_in)."""
+    d_sae, d_in = tensors["W_dec"].shape
+    return {"expansion_factor": max(1, math.ceil(d_sae / d_in))}
 
 
 def group_slices(sae: SAE) -> list[tuple[str, slice]]:

@@ -45,6 +45,7 @@ SAELENS_CFG_KEYS = {
     "architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input",
     "normalize_activations", "reshape_activations", "metadata",
 }
+IMPORTS = {"standard": "flat", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 EXPORTS = {
     "flat": "standard",
     "topk": "topk",
@@ -173,7 +174,7 @@ def test_export_of_an_lm_run_names_its_hooks(tmp_path):
 def test_hsae_is_refused_in_one_line(tmp_path):
     write_run(tmp_path / "run", "hsae")
     proc = run_cli("export", str(tmp_path / "run"), "--format", "saelens", str(tmp_path / "out"))
-    assert_one_line_error(proc, "'hsae'", "no SAELens counterpart", "flat->standard", "formats: saelens")
+    assert_one_line_error(proc, "'hsae'", "no SAELens counterpart", "SAE.to_saelens", "standard->flat", "formats: saelens")
     assert not (tmp_path / "out").exists()
 
 
@@ -217,7 +218,7 @@ def test_import_reproduces_saelens(arch, extra, tmp_path):
     write_saelens(tmp_path / "sl", cfg, tensors)
     assert export.is_saelens_dir(tmp_path / "sl")
     sae, info = export.import_saelens(tmp_path / "sl")
-    assert info["architecture"] == export.IMPORTS[arch] and sae.width == 100 and sae.d_in == 24
+    assert info["architecture"] == IMPORTS[arch] and sae.width == 100 and sae.d_in == 24
     x = torch.randn(256, 24, generator=torch.Generator().manual_seed(4))
     codes, x_hat = saelens_reference(arch, cfg, tensors, x)
     with torch.no_grad():

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from saezoo import SAE, SAEOutput
-from saezoo.sae import pre_activations
+from saezoo.sae import RELU_SAELENS_TENSORS, pre_activations
 
 
 @dataclass
@@ -36,6 +36,9 @@ class FlatSAE(SAE):
 
     Config = FlatConfig
     knobs = frozenset({"sparsity_scale"})
+    # SAELens's ReLU SAE computes what this one does; the contract's default to_saelens and
+    # from_saelens map its four tensors as they are.
+    saelens_reads = {"standard": RELU_SAELENS_TENSORS}
 
     def __init__(self, d_in: int, cfg: FlatConfig):
         super().__init__(d_in, cfg)

@@ -23,12 +23,13 @@ L0 90 of 512, 92% of latents firing on over a tenth of tokens.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from saezoo import SAEOutput
-from saezoo.sae import UnitNormDictionarySAE
+from saezoo.sae import SAELensForm, UnitNormDictionarySAE, b_dec_shift, saelens_expansion
 from saezoo_gated.fused import gated_encode
 
 
@@ -53,6 +54,32 @@ class GatedSAE(UnitNormDictionarySAE):
         self.b_gate = nn.Parameter(torch.zeros(width))
         self.r_mag = nn.Parameter(torch.zeros(width))
         self.b_mag = nn.Parameter(torch.zeros(width))
+
+    # SAELens's gated SAE has the same parameters and formulas.
+    saelens_reads = {
+        "gated": {
+            "W_enc": ("in", "sae"),
+            "W_dec": ("sae", "in"),
+            "b_gate": ("sae",),
+            "r_mag": ("sae",),
+            "b_mag": ("sae",),
+            "b_dec": ("in",),
+        }
+    }
+
+    def to_saelens(self) -> SAELensForm:
+        return SAELensForm("gated", {name: getattr(self, name) for name in self.saelens_reads["gated"]})
+
+    @classmethod
+    def from_saelens(
+        cls, architecture: str, cfg: dict[str, Any], tensors: dict[str, Tensor]
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        params = {name: tensors[name] for name in cls.saelens_reads["gated"]}
+        shift = b_dec_shift(cfg, tensors)
+        if shift is not None:  # both paths read x - b_dec here; the magnitude path scales W_enc by exp(r_mag)
+            params["b_gate"] = params["b_gate"] + shift
+            params["b_mag"] = params["b_mag"] + shift * params["r_mag"].exp()
+        return saelens_expansion(tensors), params
 
     def validate(self) -> None:
         super().validate()

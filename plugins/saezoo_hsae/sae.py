@@ -184,8 +184,11 @@ class HSAE(SAE):
         return super().__new__(cls)
 
     @classmethod
-    def l0_control(cls, cfg: HSAEConfig) -> str | None:
-        return "k" if cfg.coupling == "tree" else "sparsity_scale"
+    def l0_control(cls, cfg: HSAEConfig, target: float) -> tuple[str | None, list[str]] | None:
+        # The tree coupling selects k latents per token; the dense one has a penalty to scale.
+        if cfg.coupling == "tree":
+            return "constant", [f"sae.k={int(round(target))}"]
+        return "target-l0", [f"curriculum.target={target}"]
 
     @property
     def n_tiers(self) -> int:

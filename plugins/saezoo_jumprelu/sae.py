@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from saezoo import SAEOutput
-from saezoo.sae import UnitNormDictionarySAE, pre_activations
+from saezoo.sae import RELU_SAELENS_TENSORS, SAELensForm, UnitNormDictionarySAE, pre_activations
 
 
 @dataclass
@@ -82,6 +83,8 @@ class JumpReLUSAE(UnitNormDictionarySAE):
 
     Config = JumpReLUConfig
     knobs = frozenset({"sparsity_scale"})
+    # SAELens's JumpReLU codes ReLU(pre) * (pre > threshold), this one's with threshold = exp(log_threshold).
+    saelens_reads = {"jumprelu": {**RELU_SAELENS_TENSORS, "threshold": ("sae",)}}
     presets = {
         # The paper's recipe: its tiny initial threshold only reaches a sparse solution over
         # hundreds of thousands of steps at this learning rate.
@@ -127,3 +130,16 @@ class JumpReLUSAE(UnitNormDictionarySAE):
 
     def diagnostics(self) -> dict[str, float]:
         return {"threshold_median": self.log_threshold.exp().median().item()}
+
+    def to_saelens(self) -> SAELensForm:
+        tensors = {name: getattr(self, name) for name in RELU_SAELENS_TENSORS}
+        return SAELensForm("jumprelu", {**tensors, "threshold": self.log_threshold.exp()})
+
+    @classmethod
+    def from_saelens(
+        cls, architecture: str, cfg: dict[str, Any], tensors: dict[str, Tensor]
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        fields, params = super().from_saelens(architecture, cfg, tensors)
+        # ReLU(pre) * (pre > t) equals pre * (pre > max(t, 0)); log(0) = -inf gives a plain ReLU.
+        params["log_threshold"] = tensors["threshold"].clamp_min(0).log()
+        return fields, params

@@ -29,6 +29,7 @@ class MatryoshkaSAE(BatchTopKSAE):
     """BatchTopK whose latents form nested dictionaries; each tier is what one prefix adds."""
 
     Config = MatryoshkaConfig
+    saelens_training_architecture = "matryoshka_batchtopk"
 
     def validate(self) -> None:
         super().validate()

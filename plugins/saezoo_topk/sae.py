@@ -17,14 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saezoo import SAEOutput
-from saezoo.sae import UnitNormDictionarySAE, encoder_inputs, pre_activations
+from saezoo.errors import UsageError
+from saezoo.sae import RELU_SAELENS_TENSORS, SAELensForm, UnitNormDictionarySAE, encoder_inputs, pre_activations
 from saezoo_topk.fused import Selection, sparse_autoencode, token_topk
 
 
@@ -158,9 +159,29 @@ class TopKSAE(TopKFamilySAE):
     """The k largest pre-activations of each token (Gao et al. 2024)."""
 
     Config = TopKConfig
+    saelens_reads = {"topk": RELU_SAELENS_TENSORS}
 
     def selection(self, k: int) -> Selection:
         return token_topk(k)
+
+    def to_saelens(self) -> SAELensForm:
+        tensors = {name: getattr(self, name) for name in RELU_SAELENS_TENSORS}
+        return SAELensForm("topk", tensors, {"k": int(self.cfg.k), "rescale_acts_by_decoder_norm": False})
+
+    @classmethod
+    def from_saelens(
+        cls, architecture: str, cfg: dict[str, Any], tensors: dict[str, Tensor]
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        fields, params = super().from_saelens(architecture, cfg, tensors)
+        k, d_sae = cfg.get("k"), params["W_dec"].shape[0]
+        if not isinstance(k, int) or not 1 <= k <= d_sae:
+            raise UsageError(f"topk needs an integer k between 1 and d_sae ({d_sae}), got {k!r}")
+        if cfg.get("rescale_acts_by_decoder_norm", False):
+            # codes = TopK(pre * |W_dec|) decoded as codes / |W_dec| @ W_dec: fold the norms.
+            norm = params["W_dec"].norm(dim=-1)
+            params["W_enc"], params["b_enc"] = params["W_enc"] * norm, params["b_enc"] * norm
+            params["W_dec"] = params["W_dec"] / norm[:, None]
+        return {**fields, "k": k}, params
 
 
 @dataclass
@@ -179,6 +200,8 @@ class BatchTopKSAE(TopKFamilySAE):
     """
 
     Config = BatchTopKConfig
+    #: SAELens's name of the training architecture, recorded in an export's metadata.
+    saelens_training_architecture: ClassVar[str] = "batchtopk"
 
     def __init__(self, d_in: int, cfg: BatchTopKConfig):
         super().__init__(d_in, cfg)
@@ -189,6 +212,18 @@ class BatchTopKSAE(TopKFamilySAE):
         super().validate()
         if not 0 <= self.cfg.threshold_beta < 1:
             raise ValueError(f"threshold_beta must be in [0, 1), got {self.cfg.threshold_beta}")
+
+    def to_saelens(self) -> SAELensForm:
+        """SAELens's JumpReLU with the global threshold repeated per latent (as SAELens saves
+        its own BatchTopK SAEs for inference)."""
+        if int(self.threshold_updates) == 0:
+            raise UsageError(
+                "this run has no inference threshold yet (it is estimated during training); "
+                "train it for at least one step"
+            )
+        tensors = {name: getattr(self, name) for name in RELU_SAELENS_TENSORS}
+        tensors["threshold"] = self.threshold.reshape(()).expand(self.width).clone()
+        return SAELensForm("jumprelu", tensors, metadata={"training_architecture": self.saelens_training_architecture})
 
     def selection(self, k: int) -> Selection:
         # Until a threshold has been estimated, eval mode falls back to the batch selection.

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from saezoo import SAE, SAEOutput
-from saezoo.sae import remove_parallel_grad_, unit_norm_rows_
+from saezoo.sae import SAELensForm, remove_parallel_grad_, unit_norm_rows_
 
 
 @dataclass
@@ -80,6 +80,16 @@ class TiedSAE(SAE):
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:
         self.input_scale.mul_(scale)
+
+    # --- SAELens export (saezoo export --format saelens) ---------------------------------------
+    def to_saelens(self) -> SAELensForm:
+        """SAELens's ReLU SAE ("standard") computes ReLU((x - b_dec') @ W_enc + b_enc) @ W_dec +
+        b_dec'; untying the weights and moving the scale into them gives exactly this SAE:
+        W_enc = s W.T, W_dec = W / s, b_dec' = b_dec / s. saezoo reads the files back with the
+        reader of "standard" (flat) and refuses the export if encode/decode differ."""
+        s = self.input_scale
+        tensors = {"W_enc": self.W.t() * s, "W_dec": self.W / s, "b_enc": self.b_enc, "b_dec": self.b_dec / s}
+        return SAELensForm("standard", tensors)
 
     # --- optional hooks into the training loop -----------------------------------------------
     @torch.no_grad()

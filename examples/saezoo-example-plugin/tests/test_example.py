@@ -116,6 +116,25 @@ def test_save_load_round_trip(x, tmp_path):
         torch.testing.assert_close(loaded.decode(loaded.encode(x)), sae.decode(sae.encode(x)), rtol=0, atol=0)
 
 
+def test_exports_to_saelens_and_loads_back(x, tmp_path):
+    """The export hook: SAELens's files, read back by saezoo, encode and decode as this SAE does."""
+    from saezoo import export
+
+    sae = build()
+    sae.init_from_data(x)
+    sae.fold_input_scale(2.5)
+    header = checkpoint.run_header(NAME, D_IN, {"sae": dataclasses.asdict(sae.cfg)}, {"source": "test"})
+    checkpoint.write_json(tmp_path / "run" / "cfg.json", header)
+    checkpoint.save_sae(tmp_path / "run", sae)
+    assert export.export_run(tmp_path / "run", tmp_path / "out")["saelens_architecture"] == "standard"
+    back, _ = export.import_saelens(tmp_path / "out")
+    with torch.no_grad():
+        codes = sae.encode(x)
+        assert (codes > 0).any()
+        torch.testing.assert_close(back.encode(x), codes, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(back.decode(back.encode(x)), sae.decode(codes), rtol=1e-5, atol=1e-5)
+
+
 def test_trains_on_synthetic_features(tmp_path):
     """A short run through saezoo's own trainer learns a sparse code that explains the data."""
     from saezoo.activations.factory import build_source
