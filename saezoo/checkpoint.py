@@ -320,13 +320,22 @@ def build_sae(architecture: str, d_in: int, sae_cfg: dict[str, Any] | Any) -> SA
     """An SAE from its registered name and config (a dict is validated field by field)."""
     from saezoo.plugins import get_plugins
 
-    cls = get_plugins().architectures.get(architecture)
+    registry = get_plugins().architectures
+    cls = registry.get(architecture)
     if isinstance(sae_cfg, dict):
         sae_cfg = config_mod.build(cls.Config, sae_cfg, "sae")
     try:
         return cls(d_in, sae_cfg)
     except ValueError as exc:
         raise UsageError(f"{architecture}: {exc}") from None
+    except AttributeError as exc:
+        if exc.obj is not sae_cfg:  # a bug elsewhere keeps its traceback
+            raise
+        plugin = registry.entries[architecture].plugin
+        raise UsageError(
+            f"plugin {plugin!r}: architecture {architecture!r} reads setting 'sae.{exc.name}', which its Config "
+            f"({type(sae_cfg).__name__}) does not declare"
+        ) from None
 
 
 def load_sae(run_dir: Path | str, device: str | torch.device = "cpu") -> tuple[SAE, dict[str, Any]]:

@@ -12,7 +12,8 @@ import re
 import signal
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -86,6 +87,22 @@ def _prepare_out(out: Optional[Path], name: str) -> Path:
     return out
 
 
+@contextmanager
+def _removed_if_unused(out: Path) -> Iterator[None]:
+    """A run directory this command created is removed when the command fails before writing
+    into it (a plugin's error at the SAE's construction, a bad data source): a failed start
+    leaves nothing behind. Entered before the run's lock, so it runs after the lock's release."""
+    from saezoo.checkpoint import LOCK_FILE
+
+    try:
+        yield
+    except BaseException:
+        if out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
+            (out / LOCK_FILE).unlink(missing_ok=True)
+            out.rmdir()
+        raise
+
+
 def _check_empty(out: Path) -> None:
     """Refuse a directory that holds a run (checked under its lock: two runs cannot both pass)."""
     if (out / "cfg.json").exists():
@@ -135,7 +152,7 @@ def train(
         run = run_from_dict(header)
         if architecture is not None and architecture != run.architecture:
             raise UsageError(f"--resume {resume} is a {run.architecture!r} run, not {architecture!r}")
-        out_dir = resume
+        out_dir, created = resume, False
     else:
         if architecture is None:
             raise UsageError("missing architecture: saezoo train ARCH (see `saezoo list architectures`)")
@@ -150,8 +167,11 @@ def train(
             sets=set_,
             tokens=tokens,
         )
+        created = out is None or not out.exists()
         out_dir = _prepare_out(out, architecture)
     with ExitStack() as held:
+        if created:
+            held.enter_context(_removed_if_unused(out_dir))
         if distributed.is_main():  # rank 0 alone writes into the directory
             held.enter_context(checkpoint.run_lock(out_dir))
         if resume is None:
@@ -254,7 +274,7 @@ def compare(
     config: ConfigOpt = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.field=value for every variant, SPEC.section.field=value for one. Repeatable.")] = None,
     curriculum: CurriculumOpt = "constant",
-    target_l0: Annotated[Optional[float], typer.Option("--target-l0", help="Steer every variant to this L0 (target-l0 curriculum, or k).")] = None,
+    target_l0: Annotated[Optional[float], typer.Option("--target-l0", help="Steer every variant to this L0 (as its architecture declares: SAE.l0_control).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Report directory (default: runs/compare-TIME).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -475,6 +495,29 @@ def describe(
         console.print(f"preset [bold]{preset}[/bold]: {settings}")
 
 
+@app.command()
+def check(
+    architectures: Annotated[Optional[list[str]], typer.Argument(help="Architecture names (default: every installed one).")] = None,
+) -> None:
+    """Run the SAE contract checks on installed architectures (for plugin authors; exit 1 if one fails)."""
+    from saezoo import contract
+    from saezoo.plugins import get_plugins
+
+    registry = get_plugins().architectures
+    names = architectures or registry.names()
+    for name in names:
+        registry.get(name)  # an unknown name: one line and exit 2, before any check runs
+    failed = 0
+    for name in names:
+        plugin = registry.entries[name].plugin
+        for check_name, status, detail in contract.run(name):
+            failed += status == "FAIL"
+            typer.echo(f"{name} ({plugin}) {check_name}: {status}{f' - {detail}' if detail else ''}")
+    typer.echo(f"{len(names)} architecture(s): {'all checks passed' if not failed else f'{failed} check(s) failed'}")
+    if failed:
+        raise typer.Exit(1)
+
+
 def _first_line(obj) -> str:
     doc = (getattr(obj, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""
@@ -517,10 +560,13 @@ def main() -> None:
     # SIGTERM stops every command the way Ctrl-C does (exit 130 and one line), never with a
     # silent 143; training refines it (see saezoo.train.StopSignals).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    code = None
     try:
         _refuse_empty_arguments(sys.argv[1:])
-        # Typer turns a KeyboardInterrupt inside a command into the return value 130.
-        interrupted = app(standalone_mode=False) == 130
+        # Typer turns a KeyboardInterrupt inside a command into the return value 130, and
+        # typer.Exit(code) into the return value code.
+        code = app(standalone_mode=False)
+        interrupted = code == 130
     except SaezooError as exc:
         print(f"saezoo: error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
         sys.exit(exc.exit_code)
@@ -541,6 +587,8 @@ def main() -> None:
     if interrupted:
         print("saezoo: interrupted by SIGINT or SIGTERM", file=sys.stderr)
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

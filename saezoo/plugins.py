@@ -11,6 +11,8 @@ Environment:
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -71,6 +73,8 @@ class Registry:
                 f"{_SINGULAR[self.kind]} {name!r} is registered by two plugins: {other!r} and {plugin!r}; "
                 f"block one with SAEZOO_BLOCK_PLUGINS={plugin}"
             )
+        if self.kind in ("architectures", "curricula"):
+            _check_config(_SINGULAR[self.kind], name, obj, plugin)
         self.entries[name] = Entry(name, obj, plugin)
 
     def get(self, name: str) -> Any:
@@ -86,11 +90,45 @@ class Registry:
         return sorted(self.entries)
 
 
+def _check_config(kind: str, name: str, obj: Any, plugin: str) -> None:
+    """A registered class's ``Config`` is a dataclass whose every field has a default: the
+    defaults are the run's settings unless the user overrides them."""
+    cfg = getattr(obj, "Config", None)
+    where = f"plugin {plugin!r}: {kind} {name!r}"
+    if not dataclasses.is_dataclass(cfg):
+        raise UsageError(f"{where} has no Config dataclass (its settings); fix or block it with SAEZOO_BLOCK_PLUGINS={plugin}")
+    for f in dataclasses.fields(cfg):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UsageError(
+                f"{where}: setting {f.name!r} of {cfg.__name__} has no default (every setting needs one); "
+                f"fix or block it with SAEZOO_BLOCK_PLUGINS={plugin}"
+            )
+
+
+def _check_hook_names(pm: pluggy.PluginManager) -> None:
+    """A hook implementation whose name is no saezoo hook (a misspelling would otherwise be
+    ignored): what pluggy's ``check_pending`` finds, as one line naming plugin and hook."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        hooks = [n for n in dir(hookspecs) if n.startswith("register_")]
+        for hook_name, caller in vars(pm.hook).items():
+            for impl in [] if caller.has_spec() else caller.get_hookimpls():
+                close = difflib.get_close_matches(hook_name, hooks, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise UsageError(
+                    f"plugin {impl.plugin_name!r} implements {hook_name!r}, which is not a saezoo hook{hint} "
+                    f"(hooks: {', '.join(hooks)}); fix or block it with SAEZOO_BLOCK_PLUGINS={impl.plugin_name}"
+                ) from exc
+        raise UsageError(f"a plugin is invalid: {exc}") from exc
+
+
 class Plugins:
     """A loaded set of plugins and the registries their hooks filled."""
 
     def __init__(self, pm: pluggy.PluginManager):
         self.pm = pm
+        _check_hook_names(pm)
         self.registries: dict[str, Registry] = {kind: Registry(kind) for kind in KINDS}
         for kind in KINDS:
             self._collect(kind)

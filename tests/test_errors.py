@@ -33,6 +33,45 @@ PLUGINS = {
         def register_architectures(registrar):
             pass
     """,
+    "misspelled": """
+        from saezoo import hookimpl
+        from saezoo_flat.sae import FlatSAE
+
+        @hookimpl
+        def register_architecture(register):
+            register("my-flat", FlatSAE)
+    """,
+    "nodefault": """
+        from dataclasses import dataclass
+
+        from saezoo import hookimpl
+        from saezoo_flat.sae import FlatSAE
+
+        @dataclass
+        class NoDefaultConfig:
+            width: int
+            \"\"\"Latents.\"\"\"
+
+        class NoDefault(FlatSAE):
+            Config = NoDefaultConfig
+
+        @hookimpl
+        def register_architectures(register):
+            register("no-default", NoDefault)
+    """,
+    "undeclared": """
+        from saezoo import hookimpl
+        from saezoo_flat.sae import FlatSAE
+
+        class Undeclared(FlatSAE):
+            def __init__(self, d_in, cfg):
+                super().__init__(d_in, cfg)
+                self.extra = cfg.l2_coefficient
+
+        @hookimpl
+        def register_architectures(register):
+            register("undeclared", Undeclared)
+    """,
     "dup": """
         from saezoo import hookimpl
         from saezoo_flat.sae import FlatSAE
@@ -200,6 +239,15 @@ def case(env, row: str):
         return ["--plugins-dir", str(r / "plugins-misnamed"), "list"], {}, ["'misnamed' is invalid", "registrar"]
     if row == "duplicate-name":
         return ["--plugins-dir", str(r / "plugins-dup"), "list"], {}, ["'flat' is registered by two plugins", "'saezoo_flat'", "'dup'"]
+    if row == "plugin-unknown-hook":
+        args = ["--plugins-dir", str(r / "plugins-misspelled"), *fast_train_args("flat", r / "puh", 5)]
+        return args, {"_ABSENT": str(r / "puh")}, ["plugin 'misspelled' implements 'register_architecture'", "did you mean 'register_architectures'"]
+    if row == "plugin-setting-without-default":
+        args = ["--plugins-dir", str(r / "plugins-nodefault"), *fast_train_args("no-default", r / "psd", 5)]
+        return args, {"_ABSENT": str(r / "psd")}, ["plugin 'nodefault'", "architecture 'no-default'", "setting 'width'", "no default"]
+    if row == "plugin-undeclared-setting":
+        args = ["--plugins-dir", str(r / "plugins-undeclared"), *fast_train_args("undeclared", r / "pus", 5)]
+        return args, {"_ABSENT": str(r / "pus")}, ["plugin 'undeclared'", "reads setting 'sae.l2_coefficient'", "does not declare"]
     if row == "plugins-dir-missing":
         return ["--plugins-dir", str(r / "nope"), "list"], {}, ["not a directory"]
     if row == "unknown-registry-entry":
@@ -301,6 +349,7 @@ def _limit_file_size():
 @pytest.mark.parametrize("row", documented_rows())
 def test_error_row(env, row):
     args, extra_env, needles = case(env, row)
+    absent = extra_env.pop("_ABSENT", None)  # an --out the failed command must not leave behind
     if extra_env.pop("_FSIZE", None):
         import os
         import subprocess
@@ -313,6 +362,7 @@ def test_error_row(env, row):
     else:
         proc = run_cli(*args, env=extra_env)
     assert_one_line_error(proc, *needles)
+    assert absent is None or not Path(absent).exists(), f"{absent} left behind"
     leftovers = [p for p in env["root"].rglob("*.tmp")]
     assert not leftovers, f"half-written files left: {leftovers}"
 
