@@ -87,6 +87,17 @@ def _prepare_out(out: Optional[Path], name: str) -> Path:
     return out
 
 
+def _refuse_settings_on_resume(resume: Path, **given: object) -> None:
+    """A resumed run continues as its cfg.json defines it (same stream, schedule and length),
+    so an option that would change it is refused rather than silently ignored."""
+    flags = [f"--{name.replace('_', '-')}" for name, value in given.items() if value not in (None, [])]
+    if flags:
+        raise UsageError(
+            f"--resume {resume} continues the run as its cfg.json defines it; {', '.join(flags)} cannot change it "
+            f"(train other settings as a new run with --out)"
+        )
+
+
 @contextmanager
 def _removed_if_unused(out: Path) -> Iterator[None]:
     """A run directory this command created is removed when the command fails before writing
@@ -148,6 +159,11 @@ def train(
         raise UsageError("--force only applies to --register")
 
     if resume is not None:
+        _refuse_settings_on_resume(
+            resume, preset=preset, source=source, model=model, hook=hook, dataset=dataset, context_length=context_length,
+            steps=steps, tokens=tokens, batch_size=batch_size, seed=seed, device=device, config=config, set=set_,
+            curriculum=None if curriculum == "constant" else curriculum, out=out,
+        )
         header = checkpoint.read_cfg(resume)
         run = run_from_dict(header)
         if architecture is not None and architecture != run.architecture:

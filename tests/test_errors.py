@@ -233,6 +233,8 @@ def case(env, row: str):
         os.write(fd, str(os.getpid()).encode())
         HELD_LOCKS.append(fd)
         return ["train", "--resume", str(run), "-q"], {}, ["in use by another saezoo process", f"pid {os.getpid()}"]
+    if row == "resume-with-settings":
+        return ["train", "--resume", str(env["run"]), "--steps", "50", "--set", "lr=1e-3", "-q"], {}, ["--steps, --set cannot change it", "new run"]
     if row == "plugin-raises":
         return ["--plugins-dir", str(r / "plugins-broken"), "list"], {}, ["'broken' failed in register_architectures", "boom"]
     if row == "plugin-misnamed-hook":
