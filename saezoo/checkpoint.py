@@ -6,7 +6,7 @@ Layout of a run directory::
     sae.safetensors       -> state/current/sae.safetensors (a symbolic link)
     state/current         -> step-000130 (a symbolic link: the checkpoint)
     state/step-000130/    one checkpoint, written whole before ``current`` points to it:
-        trainer.json          step, counters, curriculum state, ... (resume)
+        trainer.json          step, counters, curriculum state, ... (resume; write_trainer_state)
         trainer.safetensors   training-space weights, optimiser moments, RNG state
         sae.safetensors       weights for raw activations (normalisation folded in)
     metrics.json          the last evaluation
@@ -207,7 +207,7 @@ def checkpoint_dir(run_dir: Path) -> Path | None:
     if current.is_symlink():
         return state / os.readlink(current)
     # Without the link, only a kill inside the first save leaves something: its step-0 directory.
-    if current.exists() or (state / "trainer.json").exists() or any(p.name != step_dir_name(0) for p in state.glob("step-*")):
+    if current.exists() or (state / TRAINER_META_FILE).exists() or any(p.name != step_dir_name(0) for p in state.glob("step-*")):
         raise UsageError(
             f"{state}: holds a checkpoint but no {CURRENT} link to it (a copy that did not keep symbolic links, "
             "or a run of an older saezoo), so it cannot be resumed; copy run directories with `cp -a`"
@@ -247,6 +247,56 @@ def write_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None]) ->
     for old in state.glob("step-*"):
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
+
+
+
+# --- the trainer's state in a checkpoint ------------------------------------------------------
+
+TRAINER_TENSORS_FILE = "trainer.safetensors"
+TRAINER_META_FILE = "trainer.json"
+# What --resume reads from trainer.json; a file without one of them is damaged.
+TRAINER_KEYS = frozenset({"step", "scale", "nonfinite_total", "nonfinite_run", "stats", "curriculum", "optimizer_param_groups"})
+
+
+def write_trainer_state(
+    directory: Path, sae_state: dict[str, Tensor], optimizer: dict[str, Any], tensors: dict[str, Tensor], meta: dict[str, Any]
+) -> None:
+    """Write the trainer's state into checkpoint ``directory``: the training-space SAE as
+    ``sae.NAME``, the optimiser's per-parameter state as ``opt.INDEX.NAME`` (its param groups
+    go into trainer.json), the other ``tensors`` (counters, RNG states) under their names and
+    ``meta`` (the TRAINER_KEYS but the param groups) in trainer.json."""
+    flat = {f"sae.{k}": v for k, v in sae_state.items()}
+    for index, state in optimizer["state"].items():
+        for name, value in state.items():
+            flat[f"opt.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    save_tensors(directory / TRAINER_TENSORS_FILE, {**flat, **tensors})
+    write_json(directory / TRAINER_META_FILE, {**meta, "optimizer_param_groups": optimizer["param_groups"]})
+
+
+def read_trainer_state(
+    directory: Path, device: str | torch.device
+) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Tensor], dict[str, Any]]:
+    """``(sae_state, optimizer_state_dict, other tensors, meta)`` that :func:`write_trainer_state`
+    wrote into ``directory``; the optimiser's tensors on ``device``."""
+    meta = read_json(directory / TRAINER_META_FILE, "trainer state")
+    missing = sorted(TRAINER_KEYS - set(meta)) if isinstance(meta, dict) else ["everything (not a JSON object)"]
+    if missing or not isinstance(meta["step"], int) or not isinstance(meta["optimizer_param_groups"], list):
+        raise UsageError(
+            f"{directory / TRAINER_META_FILE}: damaged trainer state (missing or malformed: "
+            f"{', '.join(missing) or 'step or optimizer_param_groups'}); restart the run in a new --out"
+        )
+    tensors, _ = load_tensors(directory / TRAINER_TENSORS_FILE)
+    sae_state, other = {}, {}
+    optimizer: dict[str, Any] = {"param_groups": meta["optimizer_param_groups"], "state": {}}
+    for key, value in tensors.items():
+        if key.startswith("sae."):
+            sae_state[key[4:]] = value
+        elif key.startswith("opt."):
+            _, index, name = key.split(".", 2)
+            optimizer["state"].setdefault(int(index), {})[name] = value.to(device)
+        else:
+            other[key] = value
+    return sae_state, optimizer, other, meta
 
 
 @contextmanager

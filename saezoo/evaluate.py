@@ -225,10 +225,6 @@ def _evaluate(
     return metrics, sparsity.density()
 
 
-def split_batches(x: Tensor, batch_size: int) -> list[Tensor]:
-    return list(x.split(batch_size))
-
-
 # --- a whole evaluation: what `saezoo eval` and the end of training report -----------------------
 
 

@@ -36,8 +36,6 @@ from saezoo.sae import SAE, group_slices
 
 # Tokens used to estimate the normalisation scale and initialise data-dependent weights.
 INIT_TOKENS = 16384
-# What --resume reads from state/trainer.json; a file without one of them is damaged.
-TRAINER_KEYS = frozenset({"step", "scale", "nonfinite_total", "nonfinite_run", "stats", "curriculum", "optimizer_param_groups"})
 
 
 class Interrupted(SaezooError):
@@ -69,12 +67,6 @@ def lr_factor(step: int, total: int, warmup: int, shape: str, decay: str, decay_
         progress = (step - decay_start) / (total - decay_start)
         factor *= 1 - progress if decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
     return factor
-
-
-@dataclass
-class StepResult:
-    losses: dict[str, float]
-    finite: bool
 
 
 class Trainee:
@@ -140,20 +132,8 @@ class Trainee:
         state_dir = ckpt.checkpoint_dir(self.out_dir)
         if state_dir is None:
             return False
-        meta = ckpt.read_json(state_dir / "trainer.json", "trainer state")
-        missing = sorted(TRAINER_KEYS - set(meta)) if isinstance(meta, dict) else ["everything (not a JSON object)"]
-        if missing or not isinstance(meta["step"], int) or not isinstance(meta["optimizer_param_groups"], list):
-            raise UsageError(f"{state_dir / 'trainer.json'}: damaged trainer state (missing or malformed: {', '.join(missing) or 'step or optimizer_param_groups'}); restart the run in a new --out")
-        tensors, _ = ckpt.load_tensors(state_dir / "trainer.safetensors")
-        ckpt.load_state(self.sae, {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}, state_dir)
-        opt_state = {
-            "param_groups": meta["optimizer_param_groups"],
-            "state": {},
-        }
-        for key, value in tensors.items():
-            if key.startswith("opt."):
-                _, index, name = key.split(".", 2)
-                opt_state["state"].setdefault(int(index), {})[name] = value.to(self.device)
+        sae_state, opt_state, tensors, meta = ckpt.read_trainer_state(state_dir, self.device)
+        ckpt.load_state(self.sae, sae_state, state_dir)
         self.opt.load_state_dict(opt_state)
         self.tokens_since_fired = tensors["tokens_since_fired"].to(self.device)
         torch.set_rng_state(tensors["rng_cpu"])
@@ -174,7 +154,7 @@ class Trainee:
             self.writer = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=self.step if self.step else None)
 
     # --- one step -------------------------------------------------------------------------
-    def train_step(self, x: Tensor) -> StepResult:
+    def train_step(self, x: Tensor) -> None:
         cfg = self.cfg
         x = x.to(self.device, non_blocking=True) * self.scale
         knobs = self.curriculum.knobs_at(self.step, self.stats)
@@ -212,7 +192,6 @@ class Trainee:
             self.log(out, loss, knobs, grad_norms, dead_mask)
         if self.nonfinite_run >= cfg.max_nonfinite_steps:
             raise TrainingDiverged(self.divergence_message(out, loss))
-        return StepResult(self.last_losses, finite)
 
     def clip_gradients(self) -> dict[str, Tensor]:
         norms = {}
@@ -316,13 +295,7 @@ class Trainee:
         if not distributed.is_main():
             self.last_checkpoint = self.step
             return
-        tensors = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
-        opt_state = self.opt.state_dict()
-        for index, state in opt_state["state"].items():
-            for name, value in state.items():
-                tensors[f"opt.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-        tensors["tokens_since_fired"] = self.tokens_since_fired
-        tensors["rng_cpu"] = torch.get_rng_state()
+        tensors = {"tokens_since_fired": self.tokens_since_fired, "rng_cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             tensors["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {
@@ -332,13 +305,12 @@ class Trainee:
             "nonfinite_run": self.nonfinite_run,
             "stats": self.stats,
             "curriculum": self.curriculum.state_dict(),
-            "optimizer_param_groups": opt_state["param_groups"],
         }
+        sae_state, opt_state = self.sae.state_dict(), self.opt.state_dict()
         inference = self.inference_copy()
 
         def write(directory: Path) -> None:
-            ckpt.save_tensors(directory / "trainer.safetensors", tensors)
-            ckpt.write_json(directory / "trainer.json", meta)
+            ckpt.write_trainer_state(directory, sae_state, opt_state, tensors, meta)
             ckpt.save_sae(directory, inference)
 
         ckpt.write_checkpoint(self.out_dir, self.step, write)
