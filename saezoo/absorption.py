@@ -137,7 +137,8 @@ def vocabulary_words(tokenizer) -> tuple[Tensor, Tensor]:
             letters.append(LETTERS.index(body[0].lower()))
     if len(words) < 2:
         raise UsageError(
-            f"first-letter absorption: the tokenizer has {len(words) or 'no'} word token{'' if len(words) == 1 else 's'} "
+            f"first-letter absorption: the tokenizer has {len(words) or 'no'} word "
+            f"token{'' if len(words) == 1 else 's'} "
             f"(a leading space, then ASCII letters), too few for a train and a test split; {TURN_OFF}"
         )
     return torch.tensor(words, dtype=torch.long), torch.tensor(letters, dtype=torch.long)
@@ -145,7 +146,7 @@ def vocabulary_words(tokenizer) -> tuple[Tensor, Tensor]:
 
 def icl_prefix(tokenizer, words: list[int], letters: list[int]) -> list[int]:
     """The prompt before a word: the sink token, then one answered example per line."""
-    lines = [TEMPLATE.format(word=tokenizer.decode([w]), letter=LETTERS[l].upper()) for w, l in zip(words, letters)]
+    lines = [TEMPLATE.format(word=tokenizer.decode([w]), letter=LETTERS[c].upper()) for w, c in zip(words, letters)]
     sink = SpecialTokens.of(tokenizer).sink
     body = tokenizer("\n".join(lines) + "\n", add_special_tokens=False)["input_ids"]
     return ([sink] if sink is not None else []) + body
@@ -171,7 +172,11 @@ def word_activations(model: nn.Module, hook: str, prefix: list[int], word_ids: T
         except (RuntimeError, TypeError, ValueError, AttributeError, IndexError):
             agree = False
         if not agree:
-            warnings.warn(f"{type(model).__name__}: the cached prompt disagrees with the plain pass; running each prompt whole (slower)", stacklevel=2)
+            warnings.warn(
+                f"{type(model).__name__}: the cached prompt disagrees with the plain pass; running each prompt whole "
+                "(slower)",
+                stacklevel=2,
+            )
             cached = None
     run = cached or plain
     return torch.cat([run(ids) for ids in word_ids.split(batch_size)])
@@ -233,10 +238,14 @@ def build_task(
     keep = acts.norm(dim=-1) <= max_norm if max_norm is not None else torch.ones(len(acts), dtype=torch.bool)
     token_ids, letters, acts, train = token_ids[keep], letters[keep], acts[keep], train[keep]
     if not train.any() or train.all():
-        raise UsageError(f"first-letter absorption: {len(acts)} word tokens are too few for a train and a test split; {TURN_OFF}")
+        raise UsageError(
+            f"first-letter absorption: {len(acts)} word tokens are too few for a train and a test split; {TURN_OFF}"
+        )
     # Scaling the inputs by one number conditions the fit and leaves the direction unchanged.
     scale = float(acts[train].norm(dim=-1).mean().clamp_min(1e-12))
-    weight, bias = _fit_logistic(lambda w, b: (acts[train] / scale) @ w.T + b, (len(LETTERS), acts.shape[1]), _one_hot(letters[train]))
+    weight, bias = _fit_logistic(
+        lambda w, b: (acts[train] / scale) @ w.T + b, (len(LETTERS), acts.shape[1]), _one_hot(letters[train])
+    )
     return FirstLetterTask(token_ids, letters, acts, train, weight / scale, bias, int((~keep).sum()))
 
 
@@ -244,14 +253,18 @@ def build_task(
 
 
 @torch.no_grad()
-def absorption(sae: SAE, task: FirstLetterTask, device: torch.device | str = "cpu", batch_size: int = 1024) -> dict[str, float]:
+def absorption(
+    sae: SAE, task: FirstLetterTask, device: torch.device | str = "cpu", batch_size: int = 1024
+) -> dict[str, float]:
     """The SAE's first-letter absorption on ``task``: ``absorption_first_letter/*`` metrics."""
     sae = sae.to(device).eval()
     codes = _sparse_codes(sae, task.acts, device, batch_size)  # [n, width] sparse, on the CPU
     train, test = task.train, ~task.train
     y = _one_hot(task.letters)
     f1_probe = task.probe_f1()
-    measured = [L for L in range(len(LETTERS)) if f1_probe[L] >= MIN_PROBE_F1 and y[train, L].any() and (~y[train, L]).any()]
+    measured = [
+        L for L in range(len(LETTERS)) if f1_probe[L] >= MIN_PROBE_F1 and y[train, L].any() and (~y[train, L]).any()
+    ]
     main = _main_latents(codes, y, train, measured)
     decoder = sae.decoder_directions().detach().float().cpu()  # [width, d]
     x0 = sae.decode(torch.zeros(1, sae.width, device=device)).float().cpu()[0]
@@ -286,12 +299,19 @@ def absorption(sae: SAE, task: FirstLetterTask, device: torch.device | str = "cp
     return out
 
 
-def _absorbed(codes: Tensor, contribution: Tensor, projection: Tensor, main: list[int], cosine: Tensor) -> tuple[Tensor, Tensor]:
+def _absorbed(
+    codes: Tensor, contribution: Tensor, projection: Tensor, main: list[int], cosine: Tensor
+) -> tuple[Tensor, Tensor]:
     """Per token: full absorption (bool) and absorption fraction, for one letter's tokens."""
     main_idx = torch.tensor(main, dtype=torch.long)
     main_silent = (codes[:, main_idx] <= SILENT).all(dim=1)
     top = contribution.max(dim=1)
-    full = main_silent & (projection > 0) & (cosine[top.indices] >= ABSORBER_COSINE) & (top.values >= PROJECTION_SHARE * projection)
+    full = (
+        main_silent
+        & (projection > 0)
+        & (cosine[top.indices] >= ABSORBER_COSINE)
+        & (top.values >= PROJECTION_SHARE * projection)
+    )
     main_part = contribution[:, main_idx].sum(dim=1)
     others = contribution.clone()
     others[:, main_idx] = 0
@@ -349,7 +369,9 @@ def _sparse_codes(sae: SAE, acts: Tensor, device: torch.device | str, batch_size
 # --- logistic regression -----------------------------------------------------------------------
 
 
-def _fit_logistic(logits: Callable[[Tensor, Tensor], Tensor], shape: tuple[int, int], y: Tensor, l2: float = 1e-4) -> tuple[Tensor, Tensor]:
+def _fit_logistic(
+    logits: Callable[[Tensor, Tensor], Tensor], shape: tuple[int, int], y: Tensor, l2: float = 1e-4
+) -> tuple[Tensor, Tensor]:
     """One-vs-rest logistic regression, positives and negatives weighted equally per class
     (``pos_weight`` = negatives / positives), a small L2 penalty; L-BFGS on the full batch
     (deterministic). ``logits(weight [C, f], bias [C])`` gives ``[n, C]``."""

@@ -156,7 +156,9 @@ def load_entry(entry: Entry, device: str = "cpu") -> SAE:
         where = f"; download it from {entry.weights_url}" if entry.weights_url else ""
         raise UsageError(f"registry entry {entry.name!r}: weights not found at {path}{where}")
     if file_sha256(path) != entry.weights_sha256:
-        raise UsageError(f"registry entry {entry.name!r}: {path} does not match its sha256; the file was altered or replaced")
+        raise UsageError(
+            f"registry entry {entry.name!r}: {path} does not match its sha256; the file was altered or replaced"
+        )
     sae = ckpt.build_sae(entry.architecture, entry.d_in, entry.config)
     tensors, _ = ckpt.load_tensors(path)
     ckpt.load_state(sae, tensors, path)
@@ -167,14 +169,21 @@ def check_new_name(name: str, force: bool = False) -> None:
     """Refuse a registry name that is malformed or, without ``force``, already taken (a
     shipped entry's weights must not be replaced by accident); called before training."""
     if not NAME_PATTERN.fullmatch(name) or len(name) > 100:
-        raise UsageError(f"registry name {name!r}: use up to 100 lowercase letters, digits, '.', '_' and '-', starting with a letter or digit")
+        raise UsageError(
+            f"registry name {name!r}: use up to 100 lowercase letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit"
+        )
     directory = registry_dir()
     taken = [p for p in (directory / f"{name}.toml", directory / "weights" / f"{name}.safetensors") if p.exists()]
     if taken and not force:
-        raise UsageError(f"registry entry {name!r} already exists ({taken[0]}); choose another name, or add --force to replace it")
+        raise UsageError(
+            f"registry entry {name!r} already exists ({taken[0]}); choose another name, or add --force to replace it"
+        )
 
 
-def register_run(name: str, run_dir: Path, metrics: dict[str, float], description: str = "", force: bool = False) -> Path:
+def register_run(
+    name: str, run_dir: Path, metrics: dict[str, float], description: str = "", force: bool = False
+) -> Path:
     """Copy a run's weights into the registry and write its manifest (both atomically)."""
     check_new_name(name, force)
     header = ckpt.read_cfg(run_dir)

@@ -76,7 +76,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if _out_of_space(exc):
-            raise UsageError(f"cannot write {path}: no space left ({exc}); free some space or choose another --out") from None
+            raise UsageError(
+                f"cannot write {path}: no space left ({exc}); free some space or choose another --out"
+            ) from None
         raise
 
 
@@ -85,7 +87,9 @@ def _out_of_space(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return True
     text = str(exc)
-    return any(marker in text for marker in ("No space left", "File too large", "Disk quota", "os error 28", "os error 27"))
+    return any(
+        marker in text for marker in ("No space left", "File too large", "Disk quota", "os error 28", "os error 27")
+    )
 
 
 def fsync_dir(directory: Path) -> None:
@@ -207,7 +211,11 @@ def checkpoint_dir(run_dir: Path) -> Path | None:
     if current.is_symlink():
         return state / os.readlink(current)
     # Without the link, only a kill inside the first save leaves something: its step-0 directory.
-    if current.exists() or (state / TRAINER_META_FILE).exists() or any(p.name != step_dir_name(0) for p in state.glob("step-*")):
+    if (
+        current.exists()
+        or (state / TRAINER_META_FILE).exists()
+        or any(p.name != step_dir_name(0) for p in state.glob("step-*"))
+    ):
         raise UsageError(
             f"{state}: holds a checkpoint but no {CURRENT} link to it (a copy that did not keep symbolic links, "
             "or a run of an older saezoo), so it cannot be resumed; copy run directories with `cp -a`"
@@ -242,12 +250,13 @@ def write_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None]) ->
         point(state / CURRENT, name)
     except OSError as exc:
         if _out_of_space(exc):
-            raise UsageError(f"cannot write {directory}: no space left ({exc}); free some space or choose another --out") from None
+            raise UsageError(
+                f"cannot write {directory}: no space left ({exc}); free some space or choose another --out"
+            ) from None
         raise
     for old in state.glob("step-*"):
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
-
 
 
 # --- the trainer's state in a checkpoint ------------------------------------------------------
@@ -255,11 +264,17 @@ def write_checkpoint(run_dir: Path, step: int, write: Callable[[Path], None]) ->
 TRAINER_TENSORS_FILE = "trainer.safetensors"
 TRAINER_META_FILE = "trainer.json"
 # What --resume reads from trainer.json; a file without one of them is damaged.
-TRAINER_KEYS = frozenset({"step", "scale", "nonfinite_total", "nonfinite_run", "stats", "curriculum", "optimizer_param_groups"})
+TRAINER_KEYS = frozenset(
+    {"step", "scale", "nonfinite_total", "nonfinite_run", "stats", "curriculum", "optimizer_param_groups"}
+)
 
 
 def write_trainer_state(
-    directory: Path, sae_state: dict[str, Tensor], optimizer: dict[str, Any], tensors: dict[str, Tensor], meta: dict[str, Any]
+    directory: Path,
+    sae_state: dict[str, Tensor],
+    optimizer: dict[str, Any],
+    tensors: dict[str, Tensor],
+    meta: dict[str, Any],
 ) -> None:
     """Write the trainer's state into checkpoint ``directory``: the training-space SAE as
     ``sae.NAME``, the optimiser's per-parameter state as ``opt.INDEX.NAME`` (its param groups
@@ -308,7 +323,9 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise UsageError(f"{path}: cannot open the run directory's lock file ({exc.strerror}); remove it if it is not a file") from None
+        raise UsageError(
+            f"{path}: cannot open the run directory's lock file ({exc.strerror}); remove it if it is not a file"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -398,7 +415,10 @@ def load_sae(run_dir: Path | str, device: str | torch.device = "cpu") -> tuple[S
         raise UsageError(f"{run_dir / CFG_FILE}: 'sae' must be an object")
     sae = build_sae(cfg["architecture"], cfg["d_in"], cfg["sae"])
     if not (run_dir / WEIGHTS_FILE).exists() and checkpoint_dir(run_dir) is None:
-        raise UsageError(f"{run_dir}: no weights yet, the run stopped before its first checkpoint; continue it with: saezoo train --resume {run_dir}")
+        raise UsageError(
+            f"{run_dir}: no weights yet, the run stopped before its first checkpoint; continue it with: saezoo train "
+            f"--resume {run_dir}"
+        )
     tensors, _ = load_tensors(run_dir / WEIGHTS_FILE)
     load_state(sae, tensors, run_dir / WEIGHTS_FILE)
     return sae.to(device).eval(), cfg

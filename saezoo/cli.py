@@ -6,16 +6,20 @@ the non-finite guard exits 3; an interrupted run exits 130 after saving a checkp
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
 import os
 import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from dataclasses import dataclass
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -35,18 +39,29 @@ app = typer.Typer(
 )
 
 # --- options shared by several commands ----------------------------------------------------------
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="A named configuration of the architecture (see `saezoo describe ARCH`).")]
-SourceOpt = Annotated[Optional[str], typer.Option("--source", help="model (a language model; the default) or synthetic.")]
+PresetOpt = Annotated[
+    Optional[str],
+    typer.Option("--preset", help="A named configuration of the architecture (see `saezoo describe ARCH`)."),
+]
+SourceOpt = Annotated[
+    Optional[str], typer.Option("--source", help="model (a language model; the default) or synthetic.")
+]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Registered model name, hub id or local path.")]
 HookOpt = Annotated[Optional[str], typer.Option("--hook", help="Module to read activations from, e.g. model.layers.6.")]
-DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="Registered corpus name, hub id or local text files.")]
+DatasetOpt = Annotated[
+    Optional[str], typer.Option("--dataset", help="Registered corpus name, hub id or local text files.")
+]
 ContextOpt = Annotated[Optional[int], typer.Option("--context-length", help="Tokens per context.")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps.")]
-TokensOpt = Annotated[Optional[int], typer.Option("--tokens", help="Training tokens (sets steps = tokens // batch size).")]
+TokensOpt = Annotated[
+    Optional[int], typer.Option("--tokens", help="Training tokens (sets steps = tokens // batch size).")
+]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Tokens per step.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of initialisation and data order.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N; default: CUDA when present.")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML file with [train], [data], [sae], [curriculum] tables.")]
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", help="TOML file with [train], [data], [sae], [curriculum] tables.")
+]
 CurriculumOpt = Annotated[str, typer.Option("--curriculum", help="Curriculum strategy (see `saezoo list curricula`).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
@@ -54,7 +69,9 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar."
 @app.callback()
 def main_callback(
     ctx: typer.Context,
-    plugins_dir: Annotated[Optional[Path], typer.Option("--plugins-dir", help="Also load every *.py plugin file in this directory.")] = None,
+    plugins_dir: Annotated[
+        Optional[Path], typer.Option("--plugins-dir", help="Also load every *.py plugin file in this directory.")
+    ] = None,
 ) -> None:
     from saezoo import plugins
     from saezoo.host_memory import keep_freed_memory
@@ -66,13 +83,72 @@ def main_callback(
         keep_freed_memory()  # before the first large tensor; see saezoo/host_memory.py
 
 
-def _options(source, model, hook, dataset, context_length, steps, batch_size, seed, device) -> dict:
-    data = {"source": source, "model": model, "hook": hook, "dataset": dataset, "context_length": context_length}
-    train = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device}
-    return {
-        "data": {k: v for k, v in data.items() if v is not None},
-        "train": {k: v for k, v in train.items() if v is not None},
-    }
+@dataclass
+class StreamOptions:
+    """The options ``train`` and ``compare`` share (declared once, in STREAM_OPTIONS): the data
+    stream, its length and the settings file."""
+
+    source: Optional[str] = None
+    model: Optional[str] = None
+    hook: Optional[str] = None
+    dataset: Optional[str] = None
+    context_length: Optional[int] = None
+    steps: Optional[int] = None
+    tokens: Optional[int] = None
+    batch_size: Optional[int] = None
+    seed: Optional[int] = None
+    device: Optional[str] = None
+    config: Optional[Path] = None
+
+    def layer(self) -> dict[str, dict[str, Any]]:
+        """The settings these options give, as a config layer (``--tokens`` and ``--config`` apart)."""
+        if self.steps is not None and self.tokens is not None:
+            raise UsageError("give --steps or --tokens, not both")
+        data = {k: getattr(self, k) for k in ("source", "model", "hook", "dataset", "context_length")}
+        train = {k: getattr(self, k) for k in ("steps", "batch_size", "seed", "device")}
+        return {
+            "data": {k: v for k, v in data.items() if v is not None},
+            "train": {k: v for k, v in train.items() if v is not None},
+        }
+
+    def given(self) -> list[str]:
+        """The options given, as flags."""
+        return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+
+STREAM_OPTIONS = {
+    "source": SourceOpt,
+    "model": ModelOpt,
+    "hook": HookOpt,
+    "dataset": DatasetOpt,
+    "context_length": ContextOpt,
+    "steps": StepsOpt,
+    "tokens": TokensOpt,
+    "batch_size": BatchOpt,
+    "seed": SeedOpt,
+    "device": DeviceOpt,
+    "config": ConfigOpt,
+}
+
+
+def stream_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the options of STREAM_OPTIONS, which it receives as one
+    ``stream: StreamOptions`` (typer builds the command line from the signature)."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "stream"]
+    shared = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a)
+        for n, a in STREAM_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        stream = StreamOptions(**{name: kwargs.pop(name) for name in STREAM_OPTIONS})
+        command(**kwargs, stream=stream)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *shared])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {}  # the signature's annotations are the evaluated ones
+    return wrapper
 
 
 def _prepare_out(out: Optional[Path], name: str) -> Path:
@@ -87,10 +163,10 @@ def _prepare_out(out: Optional[Path], name: str) -> Path:
     return out
 
 
-def _refuse_settings_on_resume(resume: Path, **given: object) -> None:
+def _refuse_settings_on_resume(resume: Path, stream: StreamOptions, **given: object) -> None:
     """A resumed run continues as its cfg.json defines it (same stream, schedule and length),
     so an option that would change it is refused rather than silently ignored."""
-    flags = [f"--{name.replace('_', '-')}" for name, value in given.items() if value not in (None, [])]
+    flags = stream.given() + [f"--{name.replace('_', '-')}" for name, value in given.items() if value not in (None, [])]
     if flags:
         raise UsageError(
             f"--resume {resume} continues the run as its cfg.json defines it; {', '.join(flags)} cannot change it "
@@ -121,26 +197,28 @@ def _check_empty(out: Path) -> None:
 
 
 @app.command()
+@stream_options
 def train(
-    architecture: Annotated[Optional[str], typer.Argument(help="Architecture name (see `saezoo list architectures`).")] = None,
+    stream: StreamOptions,
+    architecture: Annotated[
+        Optional[str], typer.Argument(help="Architecture name (see `saezoo list architectures`).")
+    ] = None,
     preset: PresetOpt = None,
-    source: SourceOpt = None,
-    model: ModelOpt = None,
-    hook: HookOpt = None,
-    dataset: DatasetOpt = None,
-    context_length: ContextOpt = None,
-    steps: StepsOpt = None,
-    tokens: TokensOpt = None,
-    batch_size: BatchOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    config: ConfigOpt = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.field=value (bare field: sae.field). Repeatable.")] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Override a setting: section.field=value (bare field: sae.field). Repeatable."),
+    ] = None,
     curriculum: CurriculumOpt = "constant",
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default: runs/ARCH-TIME).")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")] = None,
-    register: Annotated[Optional[str], typer.Option("--register", help="Add the trained SAE to the registry under this name.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="With --register: replace an existing registry entry of that name.")] = False,
+    resume: Annotated[
+        Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")
+    ] = None,
+    register: Annotated[
+        Optional[str], typer.Option("--register", help="Add the trained SAE to the registry under this name.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --register: replace an existing registry entry of that name.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train one SAE and print its held-out metrics."""
@@ -160,9 +238,12 @@ def train(
 
     if resume is not None:
         _refuse_settings_on_resume(
-            resume, preset=preset, source=source, model=model, hook=hook, dataset=dataset, context_length=context_length,
-            steps=steps, tokens=tokens, batch_size=batch_size, seed=seed, device=device, config=config, set=set_,
-            curriculum=None if curriculum == "constant" else curriculum, out=out,
+            resume,
+            stream,
+            preset=preset,
+            set=set_,
+            curriculum=None if curriculum == "constant" else curriculum,
+            out=out,
         )
         header = checkpoint.read_cfg(resume)
         run = run_from_dict(header)
@@ -172,16 +253,14 @@ def train(
     else:
         if architecture is None:
             raise UsageError("missing architecture: saezoo train ARCH (see `saezoo list architectures`)")
-        if steps is not None and tokens is not None:
-            raise UsageError("give --steps or --tokens, not both")
         run = resolve_run(
             architecture,
             preset=preset,
             curriculum=curriculum,
-            config_file=config,
-            options=_options(source, model, hook, dataset, context_length, steps, batch_size, seed, device),
+            config_file=stream.config,
+            options=stream.layer(),
             sets=set_,
-            tokens=tokens,
+            tokens=stream.tokens,
         )
         created = out is None or not out.exists()
         out_dir = _prepare_out(out, architecture)
@@ -194,7 +273,9 @@ def train(
             _check_empty(out_dir)
         distributed.barrier()  # every rank has checked --out before rank 0 writes into it
         src = build_source(
-            run.data, tokens=run.train.steps * run.train.batch_size, seed=run.train.seed,
+            run.data,
+            tokens=run.train.steps * run.train.batch_size,
+            seed=run.train.seed,
             device=str(resolve_device(run.train.device)),
         )
         metrics = run_training(run, out_dir, src, resume=resume is not None, progress=not quiet)
@@ -208,17 +289,55 @@ def train(
 
 @app.command("eval")
 def eval_(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `saezoo train`, or a SAELens directory (cfg.json + sae_weights.safetensors).")],
-    tokens: Annotated[Optional[int], typer.Option("--tokens", help="Held-out tokens to evaluate on (default: the run's eval_tokens).")] = None,
-    downstream_tokens: Annotated[Optional[int], typer.Option("--downstream-tokens", help="Tokens for spliced CE/KL (model sources; default: the run's downstream_tokens).")] = None,
-    absorption_words: Annotated[Optional[int], typer.Option("--absorption-words", help="Vocabulary words for first-letter absorption (model sources; 0: skip; default: the run's absorption_words).")] = None,
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory written by `saezoo train`, or a SAELens directory (cfg.json + "
+                "sae_weights.safetensors)."
+        ),
+    ],
+    tokens: Annotated[
+        Optional[int], typer.Option("--tokens", help="Held-out tokens to evaluate on (default: the run's eval_tokens).")
+    ] = None,
+    downstream_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            "--downstream-tokens",
+            help="Tokens for spliced CE/KL (model sources; default: the run's downstream_tokens).",
+        ),
+    ] = None,
+    absorption_words: Annotated[
+        Optional[int],
+        typer.Option(
+            "--absorption-words",
+            help="Vocabulary words for first-letter absorption (model sources; 0: skip; default: the run's "
+                "absorption_words).",
+        ),
+    ] = None,
     device: DeviceOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    source: Annotated[Optional[str], typer.Option("--source", help="SAELens directories only: model or synthetic.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="SAELens directories only: registered model name, hub id or local path.")] = None,
-    hook: Annotated[Optional[str], typer.Option("--hook", help="SAELens directories only: module the SAE reads, e.g. model.layers.6 (not a TransformerLens hook name).")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="SAELens directories only: registered corpus name, hub id or local text files.")] = None,
-    context_length: Annotated[Optional[int], typer.Option("--context-length", help="SAELens directories only: tokens per context.")] = None,
+    source: Annotated[
+        Optional[str], typer.Option("--source", help="SAELens directories only: model or synthetic.")
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option("--model", help="SAELens directories only: registered model name, hub id or local path."),
+    ] = None,
+    hook: Annotated[
+        Optional[str],
+        typer.Option(
+            "--hook",
+            help="SAELens directories only: module the SAE reads, e.g. model.layers.6 (not a TransformerLens hook "
+                "name).",
+        ),
+    ] = None,
+    dataset: Annotated[
+        Optional[str],
+        typer.Option("--dataset", help="SAELens directories only: registered corpus name, hub id or local text files."),
+    ] = None,
+    context_length: Annotated[
+        Optional[int], typer.Option("--context-length", help="SAELens directories only: tokens per context.")
+    ] = None,
 ) -> None:
     """Evaluate a trained SAE on held-out activations of its own data source (a SAELens
     directory: of the source given by --model/--hook/--dataset or --source; docs/interop.md)."""
@@ -228,7 +347,13 @@ def eval_(
     from saezoo.evaluate import check_absorption, full_evaluation
     from saezoo.train import nonfinite_result, resolve_device
 
-    data_options = {"source": source, "model": model, "hook": hook, "dataset": dataset, "context_length": context_length}
+    data_options = {
+        "source": source,
+        "model": model,
+        "hook": hook,
+        "dataset": dataset,
+        "context_length": context_length,
+    }
     saelens = export.is_saelens_dir(run_dir)
     if saelens:
         sae, info = export.import_saelens(run_dir)
@@ -236,7 +361,10 @@ def eval_(
     else:
         given = [f"--{k.replace('_', '-')}" for k, v in data_options.items() if v is not None]
         if given:
-            raise UsageError(f"{', '.join(given)}: data options are for SAELens directories only; a saezoo run is evaluated on its own data source")
+            raise UsageError(
+                f"{', '.join(given)}: data options are for SAELens directories only; a saezoo run is evaluated on its "
+                "own data source"
+            )
         sae, header = checkpoint.load_sae(run_dir)
     run = run_from_dict(header)
     if tokens is not None and tokens < 1:
@@ -256,9 +384,13 @@ def eval_(
     check_absorption(src, n_words)
     x = src.eval_activations(n_eval)
     if x.shape[-1] != sae.d_in:
-        raise UsageError(f"{run_dir}: the SAE reads {sae.d_in}-dimensional activations, the data source gives {x.shape[-1]}")
+        raise UsageError(
+            f"{run_dir}: the SAE reads {sae.d_in}-dimensional activations, the data source gives {x.shape[-1]}"
+        )
     n_downstream = run.train.downstream_tokens if downstream_tokens is None else downstream_tokens
-    metrics, density = full_evaluation(sae, src, x, run.train.batch_size, dev, downstream_tokens=n_downstream, absorption_words=n_words)
+    metrics, density = full_evaluation(
+        sae, src, x, run.train.batch_size, dev, downstream_tokens=n_downstream, absorption_words=n_words
+    )
     if not saelens:  # a SAELens directory is left as it is
         from saezoo import plots
 
@@ -267,7 +399,11 @@ def eval_(
     if as_json:
         typer.echo(json.dumps(checkpoint.json_safe(metrics), sort_keys=True, allow_nan=False))
     else:
-        title = f"{run_dir} (SAELens {info['saelens_architecture']} as saezoo {info['architecture']})" if saelens else str(run_dir)
+        title = (
+            f"{run_dir} (SAELens {info['saelens_architecture']} as saezoo {info['architecture']})"
+            if saelens
+            else str(run_dir)
+        )
         _print_metrics(metrics, title=title)
     problem = nonfinite_result(sae, metrics)
     if problem:  # printed (NaN as null), but never an exit 0
@@ -275,44 +411,41 @@ def eval_(
 
 
 @app.command()
+@stream_options
 def compare(
+    stream: StreamOptions,
     specs: Annotated[list[str], typer.Argument(help="Variants: ARCH, ARCH:PRESET or a registry entry name.")],
-    source: SourceOpt = None,
-    model: ModelOpt = None,
-    hook: HookOpt = None,
-    dataset: DatasetOpt = None,
-    context_length: ContextOpt = None,
-    steps: StepsOpt = None,
-    tokens: TokensOpt = None,
-    batch_size: BatchOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    config: ConfigOpt = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.field=value for every variant, SPEC.section.field=value for one. Repeatable.")] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--set",
+            help="Override a setting: section.field=value for every variant, SPEC.section.field=value for one. "
+                "Repeatable.",
+        ),
+    ] = None,
     curriculum: CurriculumOpt = "constant",
-    target_l0: Annotated[Optional[float], typer.Option("--target-l0", help="Steer every variant to this L0 (as its architecture declares: SAE.l0_control).")] = None,
+    target_l0: Annotated[
+        Optional[float],
+        typer.Option(
+            "--target-l0", help="Steer every variant to this L0 (as its architecture declares: SAE.l0_control)."
+        ),
+    ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Report directory (default: runs/compare-TIME).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train several SAEs on one activation stream and report them side by side."""
     from saezoo.compare import print_table, resolve_variants, run_compare
 
-    if steps is not None and tokens is not None:
-        raise UsageError("give --steps or --tokens, not both")
     variants = resolve_variants(
         specs,
         curriculum=curriculum,
         target_l0=target_l0,
-        config_file=config,
-        options=_options(source, model, hook, dataset, context_length, steps, batch_size, seed, device),
+        config_file=stream.config,
+        options=stream.layer(),
         sets=set_ or [],
-        tokens=tokens,
+        tokens=stream.tokens,
     )
-    out_dir = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {out_dir}: cannot create the directory ({exc.strerror})") from None
+    out_dir = _prepare_out(out, "compare")
     report = run_compare(variants, out_dir, progress=not quiet)
     print_table(report)
     typer.echo(f"report: {out_dir / 'report.md'}")
@@ -320,7 +453,13 @@ def compare(
 
 @app.command()
 def browse(
-    runs: Annotated[list[str], typer.Argument(help="A run directory, SAELens directory or registry entry; a second one is shown side by side (same source).")],
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            help="A run directory, SAELens directory or registry entry; a second one is shown side by side (same "
+                "source)."
+        ),
+    ],
     tokens: Annotated[int, typer.Option("--tokens", help="Held-out tokens to run through the model.")] = 100_000,
     out: Annotated[Optional[Path], typer.Option("--out", help="Site directory (default: runs/browse-NAME).")] = None,
     device: DeviceOpt = None,
@@ -341,7 +480,9 @@ def browse(
     targets = [load_target(r) for r in runs]
     out_dir = out or Path("runs") / f"browse-{'-vs-'.join(t.label for t in targets)}"
     summary = build(targets, out_dir, tokens, device=device, progress=not quiet)
-    typer.echo(f"{summary['title']}: {summary['tokens']:,} tokens in {summary['seconds']} s -> {out_dir / 'index.html'}")
+    typer.echo(
+        f"{summary['title']}: {summary['tokens']:,} tokens in {summary['seconds']} s -> {out_dir / 'index.html'}"
+    )
     if serve:
         import functools
         from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -426,7 +567,9 @@ def cache_clear(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `saezoo train`.")],
     out: Annotated[Path, typer.Argument(help="Directory to write (created; must not hold an SAE already).")],
-    format_: Annotated[str, typer.Option("--format", help="Target format: saelens (cfg.json + sae_weights.safetensors, SAELens 6.x).")] = "saelens",
+    format_: Annotated[
+        str, typer.Option("--format", help="Target format: saelens (cfg.json + sae_weights.safetensors, SAELens 6.x).")
+    ] = "saelens",
 ) -> None:
     """Write a trained SAE in another library's format, checked by reading it back (docs/interop.md)."""
     from saezoo.export import export_run
@@ -455,7 +598,9 @@ def plugins() -> None:
 
 @app.command("list")
 def list_(
-    kind: Annotated[Optional[str], typer.Argument(help="architectures, curricula, models, datasets or metrics (default: all).")] = None,
+    kind: Annotated[
+        Optional[str], typer.Argument(help="architectures, curricula, models, datasets or metrics (default: all).")
+    ] = None,
 ) -> None:
     """What can be named on the command line, with each entry's plugin and first doc line."""
     from rich.console import Console
@@ -499,7 +644,9 @@ def describe(
     elif name in plugins.curricula:
         obj, section = plugins.curricula.get(name), "curriculum"
     else:
-        raise unknown_name("architecture or curriculum", name, plugins.architectures.names() + plugins.curricula.names())
+        raise unknown_name(
+            "architecture or curriculum", name, plugins.architectures.names() + plugins.curricula.names()
+        )
     console = Console()
     console.print(f"[bold]{name}[/bold]: {_first_line(obj)}")
     table = Table("--set key", "type", "default", "help")
@@ -513,7 +660,9 @@ def describe(
 
 @app.command()
 def check(
-    architectures: Annotated[Optional[list[str]], typer.Argument(help="Architecture names (default: every installed one).")] = None,
+    architectures: Annotated[
+        Optional[list[str]], typer.Argument(help="Architecture names (default: every installed one).")
+    ] = None,
 ) -> None:
     """Run the SAE contract checks on installed architectures (for plugin authors; exit 1 if one fails)."""
     from saezoo import contract
@@ -567,7 +716,11 @@ def _allocation_failure(exc: RuntimeError) -> str | None:
     match = re.search(r"allocate ([0-9.]+) ?(bytes|[KMGT]iB)", text)
     if match is None:
         return "an allocation failed"
-    amount = float(match[1]) / 2**30 if match[2] == "bytes" else float(match[1]) / {"KiB": 2**20, "MiB": 2**10, "GiB": 1, "TiB": 2**-10}[match[2]]
+    amount = (
+        float(match[1]) / 2**30
+        if match[2] == "bytes"
+        else float(match[1]) / {"KiB": 2**20, "MiB": 2**10, "GiB": 1, "TiB": 2**-10}[match[2]]
+    )
     return f"{amount:,.1f} GiB asked for at once"
 
 
@@ -593,7 +746,10 @@ def main() -> None:
         asked = _allocation_failure(exc)
         if asked is None:
             raise
-        print(f"saezoo: error: out of memory ({asked}); ask for less: a smaller width, batch size or token count", file=sys.stderr)
+        print(
+            f"saezoo: error: out of memory ({asked}); ask for less: a smaller width, batch size or token count",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except typer.Abort:
         print("saezoo: aborted", file=sys.stderr)

@@ -42,7 +42,18 @@ TABLE_METRICS = [
 # the rest (tree precision and recall, root fractions, ...) are in report.json.
 TABLE_PREFIXES = ("l0/", "ccr/", "ccr_chance/", "tree_f1/", "consistency/", "absorption/")
 # train.* settings every variant must share: they define the stream of batches.
-SHARED_TRAIN = ("steps", "batch_size", "seed", "eval_tokens", "downstream_tokens", "absorption_words", "device", "log_every", "eval_every", "checkpoint_every")
+SHARED_TRAIN = (
+    "steps",
+    "batch_size",
+    "seed",
+    "eval_tokens",
+    "downstream_tokens",
+    "absorption_words",
+    "device",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+)
 
 
 @dataclass
@@ -104,7 +115,12 @@ def resolve_variants(
 
         def resolve(curriculum_name: str, extra_sets: list[str]) -> RunConfig:
             return resolve_run(
-                arch, preset=preset, curriculum=curriculum_name, options=layer, sets=extra_sets + variant_sets, tokens=tokens
+                arch,
+                preset=preset,
+                curriculum=curriculum_name,
+                options=layer,
+                sets=extra_sets + variant_sets,
+                tokens=tokens,
             )
 
         run = resolve(curriculum, [])
@@ -170,7 +186,9 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> di
     if base is None:
         raise UsageError("compare needs at least one architecture to train (registry entries alone: use saezoo eval)")
     device = resolve_device(base.train.device)
-    source = build_source(base.data, tokens=base.train.steps * base.train.batch_size, seed=base.train.seed, device=str(device))
+    source = build_source(
+        base.data, tokens=base.train.steps * base.train.batch_size, seed=base.train.seed, device=str(device)
+    )
     for v in variants:
         if v.entry is not None and v.entry.d_in != source.d_in:
             raise UsageError(f"registry entry {v.entry.name!r} has d_in {v.entry.d_in}, the stream has {source.d_in}")
@@ -198,7 +216,9 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> di
     for v in variants:
         sae = saes[v.label]
         groups = None if len(sae.latent_groups()) > 1 else sizes
-        results[v.label], densities[v.label] = full_evaluation(sae, source, eval_x, base.train.batch_size, device, group_sizes=groups)
+        results[v.label], densities[v.label] = full_evaluation(
+            sae, source, eval_x, base.train.batch_size, device, group_sizes=groups
+        )
     # One set of spliced runs for every variant: the clean (and zero-ablated) runs are shared.
     downstream = downstream_metrics([saes[v.label] for v in variants], source, base.train.downstream_tokens, device)
     for v, metrics in zip(variants, downstream):
@@ -238,7 +258,9 @@ def write_report(report: dict[str, Any], out: Path, densities: dict[str, torch.T
     variants = report["variants"]
     curves = {label: _loss_curves(Path(v["run_dir"]) / "tb") for label, v in variants.items() if v["run_dir"]}
     plots.training_curves(curves, out / "training_curves.png")
-    plots.ev_vs_l0({k: (v["metrics"]["l0"], v["metrics"]["explained_variance"]) for k, v in variants.items()}, out / "ev_vs_l0.png")
+    plots.ev_vs_l0(
+        {k: (v["metrics"]["l0"], v["metrics"]["explained_variance"]) for k, v in variants.items()}, out / "ev_vs_l0.png"
+    )
     tiers = _tier_activity(report)
     if tiers:
         plots.tier_activity(tiers, out / "tier_activity.png")
@@ -262,7 +284,9 @@ def _loss_curves(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"] if tag.startswith("loss/")}
+    return {
+        tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"] if tag.startswith("loss/")
+    }
 
 
 def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

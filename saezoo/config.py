@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from saezoo.activations.synthetic import SyntheticConfig
-from saezoo.errors import UsageError
+from saezoo.errors import UsageError, closest
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -305,7 +305,8 @@ def build(cls: type, values: dict[str, Any], where: str) -> Any:
 def apply(obj: Any, values: dict[str, Any], where: str) -> Any:
     """A copy of dataclass ``obj`` with ``values`` (nested dicts for nested dataclasses)."""
     if not isinstance(values, dict):  # e.g. a hand-edited cfg.json with "train": "fast"
-        raise UsageError(f"{where or 'settings'}: expected a table of settings, got {type(values).__name__} {values!r:.60}")
+        raise UsageError(f"{where or 'settings'}: expected a table of settings, got {type(values).__name__} "
+            f"{values!r:.60}")
     cls = type(obj)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -323,12 +324,9 @@ def apply(obj: Any, values: dict[str, Any], where: str) -> Any:
 
 
 def unknown_key(key: str, cls: type, where: str) -> UsageError:
-    import difflib
-
     names = [f.name for f in dataclasses.fields(cls)]
-    leaf = key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(leaf, names, n=1)
-    hint = f"; did you mean {where + '.' if where else ''}{close[0]}?" if close else ""
+    close = closest(key.rsplit(".", 1)[-1], names)
+    hint = f"; did you mean {where + '.' if where else ''}{close}?" if close else ""
     return UsageError(f"unknown setting {key!r}{hint} (valid in {where or 'this section'}: {', '.join(names)})")
 
 

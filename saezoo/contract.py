@@ -183,7 +183,9 @@ def run(name: str) -> list[tuple[str, str, str]]:
             results.append((check, "skip", str(exc)))
         except Exception as exc:  # a plugin's bug of any kind is a failed check, not a crash
             detail = " ".join(str(exc).split()) or type(exc).__name__
-            results.append((check, "FAIL", f"{type(exc).__name__}: {detail}" if not isinstance(exc, AssertionError) else detail))
+            results.append(
+                (check, "FAIL", f"{type(exc).__name__}: {detail}" if not isinstance(exc, AssertionError) else detail)
+            )
         else:
             results.append((check, "ok", ""))
     return results

@@ -45,7 +45,9 @@ class Curriculum:
         return dataclasses.asdict(self.cfg)
 
 
-def check_compatible(curriculum_name: str, curriculum_cls: type[Curriculum], arch_name: str, sae_cls: type[SAE]) -> None:
+def check_compatible(
+    curriculum_name: str, curriculum_cls: type[Curriculum], arch_name: str, sae_cls: type[SAE]
+) -> None:
     """Fail before training when the curriculum turns a knob the architecture ignores."""
     missing = set(curriculum_cls.knobs) - set(sae_cls.knobs) - TRAINER_KNOBS
     if missing:

@@ -50,7 +50,9 @@ def _replace_output(module: nn.Module, fn: Callable[[Tensor], Tensor]):
 _CHUNK_BYTES = 16 << 20
 
 
-def spliced_metrics(model: nn.Module, hook: str, sae: SAE, input_ids: Tensor, mask: Tensor, **options: Any) -> dict[str, float]:
+def spliced_metrics(
+    model: nn.Module, hook: str, sae: SAE, input_ids: Tensor, mask: Tensor, **options: Any
+) -> dict[str, float]:
     """Spliced CE/KL of one SAE; see :func:`spliced_metrics_many` for the arguments."""
     return spliced_metrics_many(model, hook, [sae], input_ids, mask, **options)[0]
 
@@ -82,8 +84,16 @@ def spliced_metrics_many(
     baseline_file = None
     if baseline_key is not None:
         contexts = hashlib.sha256(input_ids.cpu().numpy().tobytes() + mask.cpu().numpy().tobytes()).hexdigest()
-        key = {**baseline_key, "contexts": contexts, "shape": list(input_ids.shape), "max_norm": max_norm, "batch_size": batch_size}
-        baseline_file = (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "downstream" / f"{key_hash(key)}.json"
+        key = {
+            **baseline_key,
+            "contexts": contexts,
+            "shape": list(input_ids.shape),
+            "max_norm": max_norm,
+            "batch_size": batch_size,
+        }
+        baseline_file = (
+            (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "downstream" / f"{key_hash(key)}.json"
+        )
         baseline = _read_baseline(baseline_file, key)
     else:
         baseline = None
@@ -150,13 +160,22 @@ def spliced_metrics_many(
     if baseline:
         if baseline["positions"] != positions:  # altered by hand: its sums cannot be trusted
             baseline_file.unlink(missing_ok=True)
-            raise UsageError(f"{baseline_file}: damaged cached baseline ({baseline['positions']} positions, this run {positions}); removed it, run again")
+            raise UsageError(
+                f"{baseline_file}: damaged cached baseline ({baseline['positions']} positions, this run {positions}); "
+                "removed it, run again"
+            )
         shared["ce_zero"], shared["kl_zero"] = baseline["ce_zero"], baseline["kl_zero"]
     elif baseline_file is not None:
         # Atomic (temp file + rename): a killed run leaves no half-written baseline. It only
         # saves time, so a cache that cannot be written (read-only, full) is not an error.
         try:
-            write_json(baseline_file, {"key": key, "sums": {"positions": positions, "ce_zero": shared["ce_zero"], "kl_zero": shared["kl_zero"]}})
+            write_json(
+                baseline_file,
+                {
+                    "key": key,
+                    "sums": {"positions": positions, "ce_zero": shared["ce_zero"], "kl_zero": shared["kl_zero"]},
+                },
+            )
         except (OSError, UsageError):
             pass
     return [_finish(shared, totals, positions, spliced_tokens) for totals in own]

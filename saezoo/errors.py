@@ -29,10 +29,22 @@ class TrainingDiverged(SaezooError):
     exit_code = 3
 
 
+def closest(name: str, available: Iterable[str]) -> str | None:
+    """The name in ``available`` closest to a misspelt ``name``, or None when none is close;
+    every "did you mean" of saezoo comes from here."""
+    close = difflib.get_close_matches(name, list(available), n=1)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, available: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest name, or ``""``."""
+    close = closest(name, available)
+    return f"; did you mean {close!r}?" if close else ""
+
+
 def unknown_name(kind: str, name: str, available: Iterable[str]) -> UsageError:
     """An error for an unknown ``name`` that lists what exists and the closest match."""
     available = sorted(available)
-    close = difflib.get_close_matches(name, available, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, available)
     listing = ", ".join(available) if available else "none"
     return UsageError(f"unknown {kind} {name!r}{hint} (available: {listing})")

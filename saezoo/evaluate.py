@@ -199,7 +199,9 @@ def _evaluate(
     groups = group_slices(sae)
     recon = ReconstructionStats()
     sparsity = SparsityStats(sae.width, groups)
-    without: dict[str, ReconstructionStats] = {name: ReconstructionStats() for name, _ in groups} if len(groups) > 1 else {}
+    without: dict[str, ReconstructionStats] = (
+        {name: ReconstructionStats() for name, _ in groups} if len(groups) > 1 else {}
+    )
     extra = PluginMetrics()
     for x in batches:
         x = x.to(device)
@@ -256,7 +258,9 @@ def full_evaluation(
     return metrics, density
 
 
-def downstream_metrics(saes: list[SAE], source, tokens: int, device: torch.device | str = "cpu") -> list[dict[str, float]]:
+def downstream_metrics(
+    saes: list[SAE], source, tokens: int, device: torch.device | str = "cpu"
+) -> list[dict[str, float]]:
     """Spliced CE/KL of each SAE on ``tokens`` held-out tokens of a model source, sharing
     the clean and zero-ablated runs; empty dicts when ``tokens`` is 0 or the source has no
     model (synthetic)."""
@@ -266,12 +270,21 @@ def downstream_metrics(saes: list[SAE], source, tokens: int, device: torch.devic
 
     input_ids, mask = source.eval_contexts(tokens)
     return spliced_metrics_many(
-        source.model, source.hook, saes, input_ids, mask, max_norm=source.outlier_threshold, device=device,
-        baseline_key=source.baseline_key(), cache_dir=source.cache_dir,
+        source.model,
+        source.hook,
+        saes,
+        input_ids,
+        mask,
+        max_norm=source.outlier_threshold,
+        device=device,
+        baseline_key=source.baseline_key(),
+        cache_dir=source.cache_dir,
     )
 
 
-def absorption_metrics(saes: list[SAE], source, words: int, device: torch.device | str = "cpu") -> list[dict[str, float]]:
+def absorption_metrics(
+    saes: list[SAE], source, words: int, device: torch.device | str = "cpu"
+) -> list[dict[str, float]]:
     """First-letter absorption of each SAE on ``words`` words of a model source's vocabulary,
     sharing the words' activations and the probe; empty dicts when ``words`` is 0 or the source
     has no model (synthetic)."""

@@ -152,7 +152,9 @@ def _metadata(sae: SAE, header: dict[str, Any]) -> dict[str, Any]:
         "latent_groups": [[name, size] for name, size in sae.latent_groups()],
         "data": data,
         "source": source,
-        "train": {k: train[k] for k in ("steps", "batch_size", "seed", "eval_tokens", "downstream_tokens") if k in train},
+        "train": {
+            k: train[k] for k in ("steps", "batch_size", "seed", "eval_tokens", "downstream_tokens") if k in train
+        },
     }
     return meta
 
@@ -178,10 +180,18 @@ def export_run(run_dir: Path | str, out: Path | str, fmt: str = "saelens") -> di
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{out}: cannot create the directory ({exc.strerror})") from None
-    checkpoint.save_tensors(out / SAELENS_WEIGHTS_FILE, tensors, {"format": "pt", "written_by": f"saezoo {saezoo.__version__}"})
+    checkpoint.save_tensors(
+        out / SAELENS_WEIGHTS_FILE, tensors, {"format": "pt", "written_by": f"saezoo {saezoo.__version__}"}
+    )
     checkpoint.write_json(out / SAELENS_CFG_FILE, cfg)
-    return {"format": fmt, "architecture": header["architecture"], "saelens_architecture": cfg["architecture"],
-            "d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "out": str(out)}
+    return {
+        "format": fmt,
+        "architecture": header["architecture"],
+        "saelens_architecture": cfg["architecture"],
+        "d_in": cfg["d_in"],
+        "d_sae": cfg["d_sae"],
+        "out": str(out),
+    }
 
 
 @torch.no_grad()
@@ -199,7 +209,10 @@ def check_same(original: SAE, copy: SAE, what: str, tokens: int = 128) -> None:
     b_dec = dict(original.named_parameters()).get("b_dec")
     if b_dec is not None:
         x = x + b_dec.detach().float().cpu()
-    for name, a, b in (("codes", original.encode(x), copy.encode(x)), ("reconstruction", original.decode(original.encode(x)), copy.decode(copy.encode(x)))):
+    for name, a, b in (
+        ("codes", original.encode(x), copy.encode(x)),
+        ("reconstruction", original.decode(original.encode(x)), copy.decode(copy.encode(x))),
+    ):
         err = float((a - b).norm() / a.norm().clamp_min(1e-12))
         if not math.isfinite(err) or err > 1e-4:
             raise UsageError(
@@ -230,7 +243,9 @@ def _normalise_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
     cfg["metadata"] = meta
     kwargs = cfg.get("activation_fn_kwargs") or {}
     if "architecture" not in cfg:
-        cfg["architecture"] = "topk" if (cfg.get("activation_fn") or cfg.get("activation_fn_str")) == "topk" else "standard"
+        cfg["architecture"] = (
+            "topk" if (cfg.get("activation_fn") or cfg.get("activation_fn_str")) == "topk" else "standard"
+        )
     for key, value in kwargs.items():  # e.g. topk's k
         cfg.setdefault(key, value)
     norm = cfg.get("normalize_activations", "none")
@@ -267,7 +282,9 @@ def from_saelens(cfg: dict[str, Any], tensors: dict[str, Tensor], where: Path | 
             f"activations; fold the normalisation into the weights first (SAELens: fold_activation_norm_scaling_factor)"
         )
     if cfg.get("reshape_activations", "none") != "none":
-        raise UsageError(f"{where}: reshape_activations={cfg['reshape_activations']!r} (attention-head SAEs) is not supported")
+        raise UsageError(
+            f"{where}: reshape_activations={cfg['reshape_activations']!r} (attention-head SAEs) is not supported"
+        )
     tensors = dict(tensors)
     scaling = tensors.pop("scaling_factor", None)  # SAELens < 6 stored an all-ones one
     if scaling is not None and not torch.allclose(scaling.float(), torch.ones_like(scaling, dtype=torch.float32)):
@@ -283,7 +300,9 @@ def from_saelens(cfg: dict[str, Any], tensors: dict[str, Tensor], where: Path | 
     for tname, dims in expected.items():
         shape = tuple(sizes[d] for d in dims)
         if tuple(tensors[tname].shape) != shape:
-            raise UsageError(f"{where}: tensor {tname} has shape {tuple(tensors[tname].shape)}, cfg.json implies {shape}")
+            raise UsageError(
+                f"{where}: tensor {tname} has shape {tuple(tensors[tname].shape)}, cfg.json implies {shape}"
+            )
     t = {k: v.detach().to("cpu", torch.float32) for k, v in tensors.items()}
     try:
         sae_cfg, params = cls.from_saelens(arch, cfg, t)
@@ -344,7 +363,9 @@ def eval_header(info: dict[str, Any], options: dict[str, Any], where: Path | str
         missing = [f"--{k}" for k in ("model", "dataset") if not data.get(k)]
         missing += [] if known or data.get("hook") else ["--hook"]
         if missing:
-            hint = f" (its SAELens hook is {info['hook_name']!r}, a TransformerLens name)" if info.get("hook_name") else ""
+            hint = (
+                f" (its SAELens hook is {info['hook_name']!r}, a TransformerLens name)" if info.get("hook_name") else ""
+            )
             raise UsageError(
                 f"{where} is a SAELens directory: give {', '.join(missing)}{hint}, e.g. --model gpt2 "
                 f"--hook transformer.h.8 --dataset TEXTS, or --source synthetic"

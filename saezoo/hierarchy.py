@@ -158,7 +158,8 @@ def cofiring_blocks(record: CodeRecord, block_entries: int = _BLOCK_ENTRIES) -> 
             product = block @ firing
             # co-firing is dense: a scatter of the product's entries is ~3x faster than to_dense
             counts = torch.zeros(b - a, width, dtype=dtype)
-            counts[torch.repeat_interleave(torch.arange(b - a), product.crow_indices().diff()), product.col_indices()] = product.values()
+            product_rows = torch.repeat_interleave(torch.arange(b - a), product.crow_indices().diff())
+            counts[product_rows, product.col_indices()] = product.values()
             yield a, counts
 
 
@@ -363,7 +364,9 @@ def coverage(record: CodeRecord, children: Tensor, parents: Tensor) -> float:
     return float((weight * found.any(dim=1)).sum(dtype=torch.float64)) / den if den > 0 else 0.0
 
 
-def composition_coverage(record: CodeRecord, groups: list[Tensor], names: list[str], group_parents: Tensor, seed: int = 0) -> dict[str, float]:
+def composition_coverage(
+    record: CodeRecord, groups: list[Tensor], names: list[str], group_parents: Tensor, seed: int = 0
+) -> dict[str, float]:
     """``ccr/<name>`` of every group after the first, and ``ccr_chance/<name>``: the same with
     every parent replaced by its image under one random permutation of the group above.
     ``group_parents[j]``: the parents of latent j in the group above (:class:`Cofiring`)."""

@@ -63,4 +63,7 @@ def check_fits(n_bytes: int, what: str) -> None:
     except (OSError, KeyError, ValueError, IndexError):
         return
     if n_bytes > available:
-        raise UsageError(f"{what} needs at least {n_bytes / 2**30:,.1f} GiB of memory, {available / 2**30:,.1f} GiB is available; ask for less")
+        raise UsageError(
+            f"{what} needs at least {n_bytes / 2**30:,.1f} GiB of memory, {available / 2**30:,.1f} GiB is available; "
+            "ask for less"
+        )

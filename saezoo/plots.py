@@ -91,7 +91,9 @@ def feature_density(densities: dict[str, torch.Tensor], path: Path) -> None:
     for variant, density in densities.items():
         alive = density[density > 0]
         dead = int((density == 0).sum())
-        ax.hist(torch.log10(alive).tolist(), bins=bins, histtype="step", linewidth=1.5, label=f"{variant} ({dead} dead)")
+        ax.hist(
+            torch.log10(alive).tolist(), bins=bins, histtype="step", linewidth=1.5, label=f"{variant} ({dead} dead)"
+        )
     ax.set_xlabel("log10 firing frequency")
     ax.set_ylabel("latents")
     ax.set_title("Feature density")

@@ -12,7 +12,6 @@ Environment:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -25,7 +24,7 @@ from typing import Any
 import pluggy
 
 from saezoo import hookspecs
-from saezoo.errors import UsageError, unknown_name
+from saezoo.errors import UsageError, did_you_mean, unknown_name
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "saezoo_flat",
@@ -96,7 +95,9 @@ def _check_config(kind: str, name: str, obj: Any, plugin: str) -> None:
     cfg = getattr(obj, "Config", None)
     where = f"plugin {plugin!r}: {kind} {name!r}"
     if not dataclasses.is_dataclass(cfg):
-        raise UsageError(f"{where} has no Config dataclass (its settings); fix or block it with SAEZOO_BLOCK_PLUGINS={plugin}")
+        raise UsageError(
+            f"{where} has no Config dataclass (its settings); fix or block it with SAEZOO_BLOCK_PLUGINS={plugin}"
+        )
     for f in dataclasses.fields(cfg):
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise UsageError(
@@ -114,10 +115,9 @@ def _check_hook_names(pm: pluggy.PluginManager) -> None:
         hooks = [n for n in dir(hookspecs) if n.startswith("register_")]
         for hook_name, caller in vars(pm.hook).items():
             for impl in [] if caller.has_spec() else caller.get_hookimpls():
-                close = difflib.get_close_matches(hook_name, hooks, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise UsageError(
-                    f"plugin {impl.plugin_name!r} implements {hook_name!r}, which is not a saezoo hook{hint} "
+                    f"plugin {impl.plugin_name!r} implements {hook_name!r}, which is not a saezoo hook"
+                    f"{did_you_mean(hook_name, hooks)} "
                     f"(hooks: {', '.join(hooks)}); fix or block it with SAEZOO_BLOCK_PLUGINS={impl.plugin_name}"
                 ) from exc
         raise UsageError(f"a plugin is invalid: {exc}") from exc

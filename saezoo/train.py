@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +251,8 @@ class Trainee:
         )
         return (
             f"training diverged: {self.nonfinite_run} consecutive non-finite steps at step {self.step} "
-            f"(loss={float(loss.detach()):.4g}, {self.nonfinite_total} skipped in all); last finite grad norms: {norms}; "
+            f"(loss={float(loss.detach()):.4g}, {self.nonfinite_total} skipped in all); last finite grad norms: "
+            f"{norms}; "
             f"L0 per group: {l0}" + (f"; {diag}" if diag else "") + f"; {where}"
         )
 
@@ -263,7 +263,9 @@ class Trainee:
         sae.fold_input_scale(self.scale)
         return sae.eval()
 
-    def evaluate(self, eval_x: Tensor, source: ActivationSource, final: bool = False, downstream: bool = True) -> dict[str, float]:
+    def evaluate(
+        self, eval_x: Tensor, source: ActivationSource, final: bool = False, downstream: bool = True
+    ) -> dict[str, float]:
         """Held-out metrics; the final evaluation adds every metric (the spliced CE/KL unless
         ``downstream`` is false) and writes metrics.json."""
         sae = self.inference_copy()
@@ -375,7 +377,11 @@ class StopSignals:
 def stopped_message(signal_name: str, trainees: Sequence[Trainee], during: str = "") -> str:
     """What a stopped run left on disk, and how to go on from there."""
     dirs = [str(t.out_dir) for t in trainees]
-    how = f"saezoo train --resume {dirs[0]}" if len(dirs) == 1 else f"saezoo train --resume DIR, for each of {' '.join(dirs)}"
+    how = (
+        f"saezoo train --resume {dirs[0]}"
+        if len(dirs) == 1
+        else f"saezoo train --resume DIR, for each of {' '.join(dirs)}"
+    )
     head = f"{signal_name} received" + (f" during {during}" if during else "")
     saved = [t.last_checkpoint for t in trainees]
     if saved and None not in saved:
@@ -402,7 +408,7 @@ def train_many(
     """
     train_cfg = runs[0].train
     device = distributed.local_device(resolve_device(train_cfg.device))
-    steps, batch_size = train_cfg.steps, train_cfg.batch_size
+    batch_size = train_cfg.batch_size
     if batch_size % distributed.world():
         raise UsageError(f"train.batch_size {batch_size} must be divisible by the {distributed.world()} processes")
     main = distributed.is_main()
@@ -421,7 +427,11 @@ def train_many(
                     sample = next(source.batches(INIT_TOKENS, start=0))
                     for t in fresh:
                         if resume and main:
-                            print(f"saezoo: note: {t.out_dir} holds no checkpoint (the run stopped before its first); starting it from step 0", file=sys.stderr)
+                            print(
+                                f"saezoo: note: {t.out_dir} holds no checkpoint (the run stopped before its first); "
+                                "starting it from step 0",
+                                file=sys.stderr,
+                            )
                         t.start(sample)
                 during = ""
                 with stop.deferred():
@@ -437,7 +447,9 @@ def train_many(
                     metrics = t.evaluate(eval_x, source, final=True, downstream=downstream) if main else {}
                     if i not in failures and (problem := nonfinite_result(t.sae, metrics)):
                         if len(trainees) == 1:  # never exit 0 with weights or metrics that are NaN
-                            raise TrainingDiverged(f"training ended with {problem} ({t.out_dir}); lower train.lr or check the data")
+                            raise TrainingDiverged(
+                                f"training ended with {problem} ({t.out_dir}); lower train.lr or check the data"
+                            )
                         failures[i] = problem
                     if i in failures:
                         # The weights are the last finite ones: skipped steps never update them.
@@ -453,7 +465,12 @@ def train_many(
 
 
 def _train_loop(
-    trainees: Sequence[Trainee], source: ActivationSource, eval_x: Tensor, stop: StopSignals, device: torch.device, progress: bool
+    trainees: Sequence[Trainee],
+    source: ActivationSource,
+    eval_x: Tensor,
+    stop: StopSignals,
+    device: torch.device,
+    progress: bool,
 ) -> dict[int, str]:
     """Train every trainee to the last step; return the divergence messages of those that
     stopped alone. A stop signal saves every checkpoint and raises :class:`Interrupted`."""
@@ -500,7 +517,9 @@ def _train_loop(
     return failures
 
 
-def train(run: RunConfig, out_dir: Path, source: ActivationSource, resume: bool = False, progress: bool = True) -> dict[str, float]:
+def train(
+    run: RunConfig, out_dir: Path, source: ActivationSource, resume: bool = False, progress: bool = True
+) -> dict[str, float]:
     """Train one SAE; return its held-out metrics."""
     return train_many([run], [out_dir], source, resume=resume, progress=progress)[0]
 

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 # `torch` requirement would pull a multi-GB CUDA build. On a GPU machine install the
 # CUDA build of your choice before running this script.
 python3 -c "import torch" 2>/dev/null || python3 -m pip install -q torch==2.13.0
+# The dev extra: pytest and its plugins, hypothesis, playwright, and ruff (.ci/run lints with it).
 python3 -m pip install -q -e '.[demo,dev]'
 # The browser test (tests/test_browse.py) drives Debian's chromium through playwright (in the
 # dev extra). Playwright is never asked to download a browser of its own.

@@ -3,7 +3,6 @@ k, and that it learns."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch

@@ -73,7 +73,9 @@ def _gguf_file() -> Path:
         raise UsageError(missing)
     version = importlib.metadata.version(SMOLLM2_WHEEL)
     if version != SMOLLM2_VERSION:
-        raise UsageError(f"{SMOLLM2_WHEEL} {version} is installed, saezoo needs {SMOLLM2_VERSION}; run: {FETCH_COMMAND}")
+        raise UsageError(
+            f"{SMOLLM2_WHEEL} {version} is installed, saezoo needs {SMOLLM2_VERSION}; run: {FETCH_COMMAND}"
+        )
     path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
     if not path.is_file():
         raise UsageError(missing)

@@ -21,7 +21,9 @@ import torch
 from torch import Tensor
 
 
-def gated_encode(x: Tensor, W_enc: Tensor, b_dec: Tensor, b_gate: Tensor, r_mag: Tensor, b_mag: Tensor) -> tuple[Tensor, Tensor]:
+def gated_encode(
+    x: Tensor, W_enc: Tensor, b_dec: Tensor, b_gate: Tensor, r_mag: Tensor, b_mag: Tensor
+) -> tuple[Tensor, Tensor]:
     """``(codes, ReLU(pi_gate))`` of a Gated SAE for inputs ``[..., d_in]``, where with
     proj = (x − b_dec) @ W_enc, pi_gate = proj + b_gate and
     codes = H(pi_gate) * ReLU(exp(r_mag) * proj + b_mag)."""

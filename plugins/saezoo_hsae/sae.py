@@ -217,7 +217,9 @@ class DenseHSAE(HSAE):
         learned = cfg.importance == "learned_softmax"
         dims = [d_in, *self.tier_widths]
         self.tiers = nn.ModuleList(
-            _Tier(dims[i], dims[i + 1], d_in, cfg.layernorm and i > 0, float(logits[i]), learned, cfg.input_skip and i > 0)
+            _Tier(
+                dims[i], dims[i + 1], d_in, cfg.layernorm and i > 0, float(logits[i]), learned, cfg.input_skip and i > 0
+            )
             for i in range(len(self.tier_widths))
         )
         self.b_dec = nn.Parameter(torch.zeros(d_in))
@@ -235,12 +237,8 @@ class DenseHSAE(HSAE):
         if cfg.importance_init is not None and (
             len(cfg.importance_init) != k or any(w <= 0 for w in cfg.importance_init)
         ):
-            raise ValueError(
-                f"importance_init needs {k} positive entries (one per tier), got {cfg.importance_init}"
-            )
-        if cfg.tier_grad_clip is not None and (
-            len(cfg.tier_grad_clip) != k or any(c <= 0 for c in cfg.tier_grad_clip)
-        ):
+            raise ValueError(f"importance_init needs {k} positive entries (one per tier), got {cfg.importance_init}")
+        if cfg.tier_grad_clip is not None and (len(cfg.tier_grad_clip) != k or any(c <= 0 for c in cfg.tier_grad_clip)):
             raise ValueError(f"tier_grad_clip needs {k} positive entries (one per tier), got {cfg.tier_grad_clip}")
         if cfg.sparsity_coefficient < 0:
             raise ValueError(f"sparsity_coefficient must be >= 0, got {cfg.sparsity_coefficient}")

@@ -35,7 +35,9 @@ token t owning ``offsets[t]`` up to ``offsets[t + 1]`` (or the end), each token'
 increasing latent order, values ReLU'd."""
 
 
-def sparse_autoencode(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, select: Selection) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def sparse_autoencode(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, select: Selection
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(x̂ without b_dec ``[B, d]``, latent, value, offsets) for pre = x @ W_enc + b_enc
     and the entries ``select(pre)`` keeps.
 

@@ -150,7 +150,8 @@ class TopKFamilySAE(UnitNormDictionarySAE):
         k_aux = min(self.cfg.aux_k or max(1, self.d_in // 2), dead.numel())
         values, which = F.relu(pre_of(dead)).topk(k_aux, dim=-1)
         batch = residual.shape[0]
-        active = ActiveLatents(dead[which].flatten(), values.flatten(), torch.arange(batch, device=residual.device) * k_aux)
+        starts = torch.arange(batch, device=residual.device) * k_aux
+        active = ActiveLatents(dead[which].flatten(), values.flatten(), starts)
         # The residual is a target: AuxK trains the dead latents, not the live ones.
         return self.cfg.aux_coefficient * squared_error(residual.detach(), sparse_decode(active, self.W_dec))
 

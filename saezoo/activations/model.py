@@ -10,14 +10,13 @@ soon as the hooked module has run, so the layers above it cost nothing.
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from saezoo.errors import UsageError
+from saezoo.errors import UsageError, did_you_mean
 from saezoo.plugins import get_plugins
 
 
@@ -84,9 +83,12 @@ def _load_with_transformers(name: str, registered: list[str]) -> tuple[nn.Module
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:  # what transformers raises for a bad name or path
-        close = difflib.get_close_matches(name, registered, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        offline = " (HF_HUB_OFFLINE is set: only the local hub cache was searched)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        hint = did_you_mean(name, registered)
+        offline = (
+            " (HF_HUB_OFFLINE is set: only the local hub cache was searched)"
+            if os.environ.get("HF_HUB_OFFLINE")
+            else ""
+        )
         raise UsageError(
             f"cannot load model {name!r}: it is not a registered model ({', '.join(registered) or 'none'}{hint}), "
             f"and transformers could not load it as a local directory or hub id{offline}: {_first_line(exc)}"
@@ -122,8 +124,7 @@ def resolve_hook(model: nn.Module, hook: str | None) -> str:
         # one vector per token (a rotary table gives one per position, shared by the batch).
         hooked_activations(model, hook, torch.zeros(2, 3, dtype=torch.long))
         return hook
-    close = difflib.get_close_matches(hook, names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(hook, names)
     try:
         prefix, blocks = find_blocks(model)
         candidates = ", ".join(f"{prefix}.{i}" for i in range(len(blocks)))
@@ -164,7 +165,9 @@ def hooked_activations(model: nn.Module, hook: str, input_ids: Tensor, **forward
     if not captured:
         raise UsageError(f"module {hook!r} did not run in the forward pass; choose another --hook")
     out = captured[0]
-    if not (isinstance(out, Tensor) and out.is_floating_point() and out.dim() == 3 and out.shape[:2] == input_ids.shape):
+    if not (
+        isinstance(out, Tensor) and out.is_floating_point() and out.dim() == 3 and out.shape[:2] == input_ids.shape
+    ):
         # The whole model, a rotary table, a mask: not one activation vector per token.
         what = f"a tensor of shape {list(out.shape)}" if isinstance(out, Tensor) else f"a {type(out).__name__}"
         raise UsageError(

@@ -146,7 +146,8 @@ class ModelSource:
             config = getattr(model, "config", None)
             positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
             if isinstance(positions, int) and self.context_length > positions:
-                raise UsageError(f"context_length {self.context_length} is longer than model {self.model_name!r} reads ({positions} positions)")
+                raise UsageError(f"context_length {self.context_length} is longer than model {self.model_name!r} "
+                    f"reads ({positions} positions)")
             self._model = model
         return self._model
 
@@ -377,5 +378,7 @@ def _fingerprint(name: str) -> str | None:
     digest = hashlib.sha256()
     for p in files:
         stat = p.stat()
-        digest.update(f"{p.relative_to(path) if path.is_dir() else p.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        digest.update(
+            f"{p.relative_to(path) if path.is_dir() else p.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode()
+        )
     return digest.hexdigest()[:16]

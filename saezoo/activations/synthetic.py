@@ -105,7 +105,11 @@ class SyntheticSource:
                 # node k of this depth hangs under node k // b of the depth above
                 parent[start : start + size] = start - self.level_sizes[d - 1] + torch.arange(size) // b
             start += size
-        kind = ["parent"] * self.level_sizes[0] + ["child"] * (n_tree - self.level_sizes[0]) + ["independent"] * cfg.n_independent
+        kind = (
+            ["parent"] * self.level_sizes[0]
+            + ["child"] * (n_tree - self.level_sizes[0])
+            + ["independent"] * cfg.n_independent
+        )
         self.ground_truth = GroundTruth(directions=directions, parent=parent, kind=kind, depth=depth)
 
     def describe(self) -> dict[str, Any]:

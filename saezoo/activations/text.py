@@ -70,7 +70,10 @@ def _read_rows(rows: Iterable[dict], dataset: str) -> Iterator[dict]:
             return
         except Exception as exc:
             detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            raise UsageError(f"dataset {dataset!r}: cannot parse it ({type(exc).__name__}: {detail}); is it text of the format its extension says?") from None
+            raise UsageError(
+                f"dataset {dataset!r}: cannot parse it ({type(exc).__name__}: {detail}); is it text of the format its "
+                "extension says?"
+            ) from None
         yield row
 
 

@@ -20,7 +20,11 @@ def final_norm(model: nn.Module) -> nn.Module | None:
     """The norm between the last block and the unembedding: the last normalisation module
     registered outside the blocks (Llama's ``model.norm``, GPT-2's ``transformer.ln_f``)."""
     blocks, _ = find_blocks(model)
-    norms = [m for name, m in model.named_modules() if "norm" in type(m).__name__.lower() and not name.startswith(blocks + ".")]
+    norms = [
+        m
+        for name, m in model.named_modules()
+        if "norm" in type(m).__name__.lower() and not name.startswith(blocks + ".")
+    ]
     return norms[-1] if norms else None
 
 

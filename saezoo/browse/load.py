@@ -64,6 +64,9 @@ def check_same_source(a: Target, b: Target) -> None:
     differ = [k for k in SOURCE_FIELDS if ia[k] != ib[k]]
     if differ:
         detail = "; ".join(f"{k}: {ia[k]!r} vs {ib[k]!r}" for k in differ)
-        raise UsageError(f"{a.label} and {b.label} read different activations ({detail}); the side-by-side view needs two SAEs of one source")
+        raise UsageError(
+            f"{a.label} and {b.label} read different activations ({detail}); the side-by-side view needs two SAEs of "
+            "one source"
+        )
     if a.sae.d_in != b.sae.d_in:
         raise UsageError(f"{a.label} and {b.label} take activations of different sizes ({a.sae.d_in} vs {b.sae.d_in})")

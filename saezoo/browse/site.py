@@ -48,10 +48,14 @@ def prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file, not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise UsageError(f"--out {out}: holds other files; give a new or empty directory (or a site saezoo browse built)")
+        raise UsageError(
+            f"--out {out}: holds other files; give a new or empty directory (or a site saezoo browse built)"
+        )
 
 
-def build(targets: list[Target], out: Path, tokens: int, device: str | None = None, progress: bool = True) -> dict[str, Any]:
+def build(
+    targets: list[Target], out: Path, tokens: int, device: str | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Browse ``targets`` (one SAE, or two side by side) on ``tokens`` held-out tokens; write the site to ``out``."""
     from saezoo.train import resolve_device
 
@@ -63,7 +67,10 @@ def build(targets: list[Target], out: Path, tokens: int, device: str | None = No
         check_same_source(*targets)
     run = run_from_dict(targets[0].header)
     if run.data.source != "model":
-        raise UsageError(f"{targets[0].label}: browse needs text, and its source is {run.data.source!r}; browse SAEs of a language model")
+        raise UsageError(
+            f"{targets[0].label}: browse needs text, and its source is {run.data.source!r}; browse SAEs of a language "
+            "model"
+        )
     dev = resolve_device(device or run.train.device)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +89,9 @@ def build(targets: list[Target], out: Path, tokens: int, device: str | None = No
     return summary
 
 
-def _build_into(tmp: Path, targets: list[Target], run, tokens: int, dev, progress: bool, started: float) -> dict[str, Any]:
+def _build_into(
+    tmp: Path, targets: list[Target], run, tokens: int, dev, progress: bool, started: float
+) -> dict[str, Any]:
     from saezoo.activations.model_source import ModelSource
 
     # The outlier threshold is estimated on the first MEDIAN_SAMPLE_TOKENS of the training split
@@ -93,11 +102,10 @@ def _build_into(tmp: Path, targets: list[Target], run, tokens: int, dev, progres
     saes = [t.sae.to(dev).eval() for t in targets]
     for t in targets:
         if t.sae.d_in != source.d_in:
-            raise UsageError(f"{t.label}: the SAE reads {t.sae.d_in}-dimensional activations, the source gives {source.d_in}")
-    stats = [
-        LatentStats(s.width, TOP_K, SAMPLES, keep_codes=s.latent_parents() is None)
-        for s in saes
-    ]
+            raise UsageError(
+                f"{t.label}: the SAE reads {t.sae.d_in}-dimensional activations, the source gives {source.d_in}"
+            )
+    stats = [LatentStats(s.width, TOP_K, SAMPLES, keep_codes=s.latent_parents() is None) for s in saes]
     counted = _pass(source, saes, stats, input_ids, mask, threshold, tokens, dev, progress)
     if counted == 0:
         raise UsageError(f"no held-out token of {run.data.dataset!r} was counted (all outliers or special tokens)")
@@ -105,7 +113,11 @@ def _build_into(tmp: Path, targets: list[Target], run, tokens: int, dev, progres
     sides = [_side_data(t, s, st, source.model, tok) for t, s, st in zip(targets, saes, stats)]
     if len(sides) == 2:
         match, cos = features.nearest(saes[0].decoder_directions(), saes[1].decoder_directions(), 1, exclude_self=False)
-        sides[0]["index"]["match"] = {"label": targets[1].label, "latent": match[:, 0].tolist(), "cosine": _round(cos[:, 0])}
+        sides[0]["index"]["match"] = {
+            "label": targets[1].label,
+            "latent": match[:, 0].tolist(),
+            "cosine": _round(cos[:, 0]),
+        }
     n_contexts = max(max(int(st.top.context.max()), int(st.sample.context.max())) for st in stats) + 1
     summary = {
         "title": " vs ".join(t.label for t in targets),
@@ -122,7 +134,9 @@ def _build_into(tmp: Path, targets: list[Target], run, tokens: int, dev, progres
 
 
 @torch.no_grad()
-def _pass(source, saes, stats, input_ids: Tensor, mask: Tensor, threshold: float | None, tokens: int, dev, progress: bool) -> int:
+def _pass(
+    source, saes, stats, input_ids: Tensor, mask: Tensor, threshold: float | None, tokens: int, dev, progress: bool
+) -> int:
     """Run the contexts through the model and each SAE; returns the tokens counted."""
     model, hook = source.model, source.hook
     batch = source.harvest_batch_size
@@ -145,7 +159,9 @@ def _pass(source, saes, stats, input_ids: Tensor, mask: Tensor, threshold: float
                     if k.any():
                         codes[k] = sae.encode(a[k].to(dev)).float().cpu()
                     if not torch.isfinite(codes).all():
-                        raise UsageError("the SAE gave non-finite codes on held-out activations; its weights are broken")
+                        raise UsageError(
+                            "the SAE gave non-finite codes on held-out activations; its weights are broken"
+                        )
                     st.update(codes, int(k.sum()))
             counted += n_keep
             bar.advance(task, n_keep)
@@ -186,7 +202,11 @@ def _side_data(target: Target, sae, st: LatentStats, model, tok: _TokenText) -> 
     if parents is not None:
         tree = {"kind": "structural", "parents": parents.tolist()}
     else:  # the hierarchy metrics' inferred tree, from the same codes
-        tree = {"kind": "inferred", "parents": Cofiring(st.record, [torch.arange(sae.width)]).inferred.tolist(), "min_share": INFERRED_PARENT_SHARE}
+        tree = {
+            "kind": "inferred",
+            "parents": Cofiring(st.record, [torch.arange(sae.width)]).inferred.tolist(),
+            "min_share": INFERRED_PARENT_SHARE,
+        }
     top_values = st.top.values[0]
     index = {
         "label": target.label,
@@ -222,7 +242,12 @@ class _Examples:
         string index], [activation], index of the example's token]``; padding is left out."""
         out = []
         for i in range(len(self.values[latent])) if which is None else which:
-            value, ctx, pos, acts = self.values[latent][i], self.context[latent][i], self.position[latent][i], self.window[latent][i]
+            value, ctx, pos, acts = (
+                self.values[latent][i],
+                self.context[latent][i],
+                self.position[latent][i],
+                self.window[latent][i],
+            )
             if value <= 0:
                 continue
             window_ids = self.ids_pad[ctx][pos : pos + WINDOW]
@@ -280,13 +305,23 @@ def _write(root: Path, targets, stats, sides, tok, ids: Tensor, mask: Tensor, su
             texts = [""] * len(strings)
             for tid, k in strings.items():
                 texts[k] = tok(tid)
-            _write_js(data / f"{name}-{shard_start // SHARD}.js", f"{name}:{shard_start // SHARD}", {"strings": texts, "latents": latents})
+            _write_js(
+                data / f"{name}-{shard_start // SHARD}.js",
+                f"{name}:{shard_start // SHARD}",
+                {"strings": texts, "latents": latents},
+            )
     for side, st in zip(sides, stats):
         # The token of each latent's best example, for the index's search by token.
         firing = st.top.values[0] > 0
         best = ids[st.top.context[0].clamp_min(0), st.top.position[0]].tolist()
         side["index"]["token"] = [tok(int(t)) if f else "" for t, f in zip(best, firing.tolist())]
-    site = {**summary, "shard": SHARD, "edges": _round(torch.tensor(edges)), "plots": plots, "sides": [s["index"] for s in sides]}
+    site = {
+        **summary,
+        "shard": SHARD,
+        "edges": _round(torch.tensor(edges)),
+        "plots": plots,
+        "sides": [s["index"] for s in sides],
+    }
     _write_js(data / "index.js", "index", site)
 
 
