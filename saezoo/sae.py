@@ -113,6 +113,13 @@ class SAE(nn.Module):
         """Raise ``ValueError`` with a clear message for an impossible config."""
 
     @classmethod
+    def built_class(cls, cfg: Any) -> type[SAE]:
+        """The class that building this architecture with ``cfg`` makes, known before any
+        weight (or activation) exists: ``compare`` checks each variant's curriculum against
+        its knobs up front. An architecture that builds a subclass per config says which."""
+        return cls
+
+    @classmethod
     def l0_control(cls, cfg: Any) -> str | None:
         """What brings ``cfg``'s L0 to a target (``compare --target-l0``): ``"k"`` when the
         config's ``k`` is the L0, ``"sparsity_scale"`` when a penalty is scaled by that knob

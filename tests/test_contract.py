@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from saezoo import SAE, checkpoint
+from saezoo.config import build as build_config
 from saezoo.plugins import get_plugins
 from saezoo.sae import group_slices
 
@@ -74,3 +75,17 @@ def test_save_load_round_trip(name, x, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode(x), sae.encode(x), rtol=0, atol=0)
         torch.testing.assert_close(loaded.decode(loaded.encode(x)), sae.decode(sae.encode(x)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", all_architectures())
+def test_known_before_it_is_built(name):
+    """What compare checks before any activation exists: the class a config builds (its
+    knobs), and the parameter count, from an SAE built on the meta device (no memory)."""
+    cls = get_plugins().architectures.get(name)
+    for preset in [None, *(getattr(cls, "presets", None) or {})]:
+        cfg = build_config(cls.Config, cls.presets[preset].get("sae", {}) if preset else {}, "sae")
+        real = checkpoint.build_sae(name, D_IN, cfg)
+        with torch.device("meta"):
+            meta = checkpoint.build_sae(name, D_IN, cfg)
+        assert cls.built_class(cfg) is type(real) is type(meta), preset
+        assert [(n, p.shape) for n, p in meta.named_parameters()] == [(n, p.shape) for n, p in real.named_parameters()], preset
