@@ -194,9 +194,10 @@ def _split_variant_sets(sets: list[str], names: list[str]) -> tuple[list[str], d
     return shared, own
 
 
-def _matched_l0(arch: str, sae_cfg: Any, target: float, curriculum: str, label: str) -> tuple[str, list[str]]:
-    """How to bring ``arch`` configured as ``sae_cfg`` to L0 = target: the target-l0
-    curriculum, or k itself (the variant keeps its ``curriculum`` then)."""
+def _matched_l0(arch: str, sae_cfg: Any, target: float, curriculum: str = "constant", label: str | None = None) -> tuple[str, list[str]]:
+    """How to bring ``arch`` configured as ``sae_cfg`` (variant ``label``, following
+    ``curriculum``) to L0 = target: the target-l0 curriculum, or k itself (the variant keeps
+    its curriculum then)."""
     from saezoo.plugins import get_plugins
 
     if not (math.isfinite(target) and target > 0):
@@ -205,7 +206,7 @@ def _matched_l0(arch: str, sae_cfg: Any, target: float, curriculum: str, label: 
     if control == "sparsity_scale":
         if curriculum not in ("constant", "target-l0"):
             raise UsageError(
-                f"--target-l0 steers {label!r} with the target-l0 curriculum, and a run follows one curriculum, "
+                f"--target-l0 steers {label or arch!r} with the target-l0 curriculum, and a run follows one curriculum, "
                 f"not also {curriculum!r}: drop --target-l0, or compare {curriculum!r} at the variant's own coefficient"
             )
         return "target-l0", [f"curriculum.target={target}"]
