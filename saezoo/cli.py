@@ -414,27 +414,45 @@ def eval_(
 @stream_options
 def compare(
     stream: StreamOptions,
-    specs: Annotated[list[str], typer.Argument(help="Variants: ARCH, ARCH:PRESET or a registry entry name.")],
+    specs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Variants: ARCH[:PRESET][@CURRICULUM] (hsae, hsae:paper, hsae@tier-unlock) or a registry entry name."
+        ),
+    ],
     set_: Annotated[
         Optional[list[str]],
         typer.Option(
             "--set",
-            help="Override a setting: section.field=value for every variant, SPEC.section.field=value for one. "
-                "Repeatable.",
+            help="Override a setting: section.field=value for every variant, SPEC.section.field=value for one "
+                "(hsae@tier-unlock.curriculum.unlock_fraction=0.3). Repeatable.",
         ),
     ] = None,
-    curriculum: CurriculumOpt = "constant",
+    curriculum: Annotated[
+        str,
+        typer.Option(
+            "--curriculum", help="Curriculum of the variants that name none with @ (see `saezoo list curricula`)."
+        ),
+    ] = "constant",
     target_l0: Annotated[
         Optional[float],
         typer.Option(
             "--target-l0", help="Steer every variant to this L0 (as its architecture declares: SAE.l0_control)."
         ),
     ] = None,
+    seeds: Annotated[
+        Optional[str],
+        typer.Option(
+            "--seeds",
+            help="Train each variant with N initialisation seeds (train.seed, +1, ...) or a list (0,1,2) on the one "
+                "stream; the report gives mean ± std.",
+        ),
+    ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Report directory (default: runs/compare-TIME).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train several SAEs on one activation stream and report them side by side."""
-    from saezoo.compare import print_table, resolve_variants, run_compare
+    from saezoo.compare import parse_seeds, print_table, resolve_variants, run_compare
 
     variants = resolve_variants(
         specs,
@@ -445,8 +463,10 @@ def compare(
         sets=set_ or [],
         tokens=stream.tokens,
     )
+    runs = [v.run for v in variants if v.run is not None]
+    seed_list = parse_seeds(seeds, runs[0].train.seed if runs else 0)  # a count starts at the shared train.seed
     out_dir = _prepare_out(out, "compare")
-    report = run_compare(variants, out_dir, progress=not quiet)
+    report = run_compare(variants, out_dir, progress=not quiet, seeds=seed_list)
     print_table(report)
     typer.echo(f"report: {out_dir / 'report.md'}")
 

@@ -1,9 +1,11 @@
 """Several SAEs on one activation stream, one report.
 
-Each batch is produced once (a model forward or a cache read) and fed to every variant
-in the same order (``train.train_many``); registry entries are evaluated on the same
-held-out tokens instead of being retrained. The report: a terminal table, report.json,
-report.md, PNG plots, and one TensorBoard run per variant under ``--out``.
+A variant is ``ARCH[:PRESET][@CURRICULUM]`` or a registry entry name. Each batch is
+produced once (a model forward or a cache read) and fed to every trainee in the same order
+(``train.train_many``): one per variant, or one per variant and initialisation seed with
+``--seeds``. Registry entries are evaluated on the same held-out tokens instead of being
+retrained. The report: a terminal table (mean ± std over seeds), report.json (every seed's
+numbers), report.md, PNG plots, and one TensorBoard run per trainee under ``--out``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,8 @@ import torch
 import saezoo
 from saezoo import catalog, checkpoint, plots
 from saezoo.config import RunConfig, merge, parse_set, read_toml, resolve_run
-from saezoo.errors import UsageError
+from saezoo.curriculum import check_compatible
+from saezoo.errors import UsageError, unknown_name
 from saezoo.evaluate import absorption_metrics, downstream_metrics, full_evaluation
 
 # Columns of the terminal table and report.md, in order, when present.
@@ -54,6 +58,11 @@ SHARED_TRAIN = (
     "eval_every",
     "checkpoint_every",
 )
+# Memory of one trainee per parameter: float32 weights, their gradients and Adam's two moments.
+TRAINING_BYTES_PER_PARAMETER = 16
+# [batch, width] float32 tensors alive at once in a training step (pre-activations, codes,
+# their gradients, masks); the trainees step one after another, so only the widest counts.
+STEP_TEMPORARIES = 6
 
 
 @dataclass
@@ -72,15 +81,19 @@ def resolve_variants(
     sets: list[str],
     tokens: int | None,
 ) -> list[Variant]:
-    """SPEC -> Variant: ``arch``, ``arch:preset`` or a registry entry name.
+    """SPEC -> Variant: ``ARCH[:PRESET][@CURRICULUM]`` or a registry entry name.
 
-    A ``--set`` whose key starts with a SPEC (``flat.sae.expansion_factor=9``) applies to the
-    variants of that SPEC, one starting with a label (``hsae#2.sae.input_skip=false``, the
-    second ``hsae``) to that variant; the others apply to every variant.
+    A variant that names no curriculum follows ``curriculum`` (``--curriculum``). A ``--set``
+    whose key starts with a SPEC (``flat.sae.expansion_factor=9``,
+    ``hsae@tier-unlock.curriculum.unlock_fraction=0.3``) applies to the variants of that
+    SPEC, one starting with a label (``hsae#2.sae.input_skip=false``, the second ``hsae``) to
+    that variant; the others apply to every variant. Every curriculum is checked against its
+    architecture here, before any activation is produced.
     """
     from saezoo.plugins import get_plugins
 
-    archs = get_plugins().architectures
+    plugins = get_plugins()
+    archs = plugins.architectures
     labels = _labels(specs)
     sets, own_sets = _split_variant_sets(sets, [*specs, *labels])
     user = merge(read_toml(config_file) if config_file else {}, options, parse_set(sets))
@@ -89,24 +102,26 @@ def resolve_variants(
     preset_data: dict[str, Any] = {}
     parsed = []
     for spec in specs:
-        arch, _, preset = spec.partition(":")
-        if arch not in archs and not preset and (catalog.registry_dir() / f"{spec}.toml").exists():
-            parsed.append((spec, None, None))
+        arch, preset, own_curriculum = parse_spec(spec)
+        if arch not in archs and not preset and (catalog.registry_dir() / f"{arch}.toml").exists():
+            if own_curriculum is not None:
+                raise UsageError(f"{spec!r}: registry entry {arch!r} is evaluated, not trained; it takes no @curriculum")
+            parsed.append((spec, None, None, None))
             continue
         cls = archs.get(arch)  # unknown -> a clear error listing architectures
+        if own_curriculum is not None and own_curriculum not in plugins.curricula:
+            raise unknown_name(f"curriculum after '@' in {spec!r}:", own_curriculum, plugins.curricula.names())
         if preset and preset != "default":
             presets = getattr(cls, "presets", {}) or {}
             if preset not in presets:
-                from saezoo.errors import unknown_name
-
                 raise unknown_name(f"preset of {arch!r}", preset, ["default", *presets])
             for key, value in presets[preset].get("data", {}).items():
                 if key in preset_data and preset_data[key] != value:
                     raise UsageError(f"presets disagree on data.{key}; set it with --set data.{key}=...")
                 preset_data[key] = value
-        parsed.append((spec, arch, preset or None))
+        parsed.append((spec, arch, preset, own_curriculum))
     variants: list[Variant] = []
-    for (spec, arch, preset), label in zip(parsed, labels):
+    for (spec, arch, preset, own_curriculum), label in zip(parsed, labels):
         if arch is None:
             variants.append(Variant(label, entry=catalog.get_entry(spec)))
             continue
@@ -123,17 +138,51 @@ def resolve_variants(
                 tokens=tokens,
             )
 
-        run = resolve(curriculum, [])
+        name = own_curriculum or curriculum
+        run = resolve(name, [])
         if target_l0 is not None:
             # The variant's own settings decide how its L0 is steered (a setting may switch it).
-            steered, extra = _matched_l0(arch, run.sae, target_l0)
-            run = resolve(steered or curriculum, extra)
-        # What defines the shared stream comes from the user, never from a preset.
-        shared = resolve_run(arch, options=layer, tokens=tokens)
+            run = resolve(*_matched_l0(arch, run.sae, target_l0, name, label))
+        where = arch + (f":{preset}" if preset else "")
+        check_compatible(
+            run.curriculum_name, plugins.curricula.get(run.curriculum_name), where, archs.get(arch).built_class(run.sae)
+        )
+        # What defines the shared stream comes from the user, never from a preset; the
+        # curriculum settings are the variant's own (another variant's may not fit constant).
+        shared = resolve_run(arch, options={**layer, "curriculum": {}}, tokens=tokens)
         run.train = dataclasses.replace(run.train, **{k: getattr(shared.train, k) for k in SHARED_TRAIN})
         run.data = shared.data
         variants.append(Variant(label, run=run))
     return variants
+
+
+def parse_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """``ARCH[:PRESET][@CURRICULUM]`` -> (architecture, preset or None, curriculum or None)."""
+    head, at, curriculum = spec.partition("@")
+    arch, _, preset = head.partition(":")
+    return arch, preset or None, curriculum if at else None
+
+
+def parse_seeds(text: str | None, base: int) -> list[int] | None:
+    """``--seeds``: a count N (seeds base, base + 1, ..., so the first trainee of each variant
+    starts as it would without --seeds) or a comma-separated list; None when not given."""
+    if text is None:
+        return None
+    try:
+        items = [int(t) for t in text.split(",") if t.strip()] if "," in text else None
+        count = None if items is not None else int(text)
+    except ValueError:
+        raise UsageError(f"--seeds {text!r}: give a count (3) or a list of seeds (0,1,2)") from None
+    if count is not None:
+        if count < 1:
+            raise UsageError(f"--seeds {count}: give at least one seed (a count >= 1, or a list such as 0,1,2)")
+        items = [base + i for i in range(count)]
+    if not items or min(items) < 0:
+        raise UsageError(f"--seeds {text!r}: seeds are integers >= 0")
+    repeated = sorted({s for s in items if items.count(s) > 1})
+    if repeated:
+        raise UsageError(f"--seeds {text!r}: seed {', '.join(map(str, repeated))} given twice; each seed trains once per variant")
+    return items
 
 
 def _labels(specs: list[str]) -> list[str]:
@@ -163,9 +212,13 @@ def _split_variant_sets(sets: list[str], names: list[str]) -> tuple[list[str], d
     return shared, own
 
 
-def _matched_l0(arch: str, sae_cfg: Any, target: float) -> tuple[str | None, list[str]]:
-    """How to bring ``arch`` configured as ``sae_cfg`` to L0 = target: what the
-    architecture's ``SAE.l0_control`` says (a curriculum, None for the given one, and settings)."""
+def _matched_l0(
+    arch: str, sae_cfg: Any, target: float, curriculum: str = "constant", label: str | None = None
+) -> tuple[str, list[str]]:
+    """How to bring ``arch`` configured as ``sae_cfg`` (variant ``label``, following
+    ``curriculum``) to L0 = target: what the architecture's ``SAE.l0_control`` says. A
+    variant steered by a setting (k) keeps its own curriculum; one steered by a curriculum
+    (target-l0) cannot follow another as well."""
     from saezoo.plugins import get_plugins
 
     if not (math.isfinite(target) and target > 0):
@@ -173,11 +226,42 @@ def _matched_l0(arch: str, sae_cfg: Any, target: float) -> tuple[str | None, lis
     control = get_plugins().architectures.get(arch).l0_control(sae_cfg, target)
     if control is None:
         raise UsageError(f"--target-l0: architecture {arch!r} declares no way to steer its L0 (SAE.l0_control)")
-    return control
+    steering, settings = control
+    if steering in (None, "constant"):
+        return curriculum, settings
+    if curriculum not in ("constant", steering):
+        raise UsageError(
+            f"--target-l0 steers {label or arch!r} with the {steering} curriculum, and a run follows one "
+            f"curriculum, not also {curriculum!r}: drop --target-l0, or compare {curriculum!r} at the variant's "
+            "own settings"
+        )
+    return steering, settings
 
 
-def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> dict[str, Any]:
-    """Train the trainable variants on one stream, evaluate all on the same tokens."""
+def check_memory(runs: list[RunConfig], d_in: int, device: torch.device, what: str) -> None:
+    """Refuse, before training, trainees whose weights, gradients and optimiser state (with
+    one step's temporaries and the held-out tokens) cannot fit on ``device``. The
+    parameters are counted on SAEs built on the meta device, which allocates nothing."""
+    from saezoo.host_memory import check_fits
+
+    params, widest = 0, 0
+    for run in runs:
+        try:
+            with torch.device("meta"):
+                sae = checkpoint.build_sae(run.architecture, d_in, run.sae)
+        except RuntimeError:
+            continue  # a constructor that reads tensor values cannot run on meta: left out (the estimate is a lower bound)
+        params += sum(p.numel() for p in sae.parameters())
+        widest = max(widest, sae.width)
+    train = runs[0].train
+    need = TRAINING_BYTES_PER_PARAMETER * params + 4 * (STEP_TEMPORARIES * train.batch_size * widest + train.eval_tokens * d_in)
+    available = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    check_fits(need, f"{what} ({params:,} parameters, with gradients and Adam state)", available)
+
+
+def run_compare(variants: list[Variant], out: Path, progress: bool = True, seeds: list[int] | None = None) -> dict[str, Any]:
+    """Train the trainable variants on one stream (each once per seed of ``seeds``, None:
+    once at train.seed), evaluate all on the same tokens."""
     from saezoo.activations.factory import build_source
     from saezoo.train import resolve_device, train_many
 
@@ -192,61 +276,89 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True) -> di
     for v in variants:
         if v.entry is not None and v.entry.d_in != source.d_in:
             raise UsageError(f"registry entry {v.entry.name!r} has d_in {v.entry.d_in}, the stream has {source.d_in}")
+    # Trainees: (variant, seed or None, run, directory); every one reads the same batches.
+    trainees = []
+    for v in trained:
+        for seed in seeds or [None]:
+            run = v.run if seed is None else dataclasses.replace(v.run, train=dataclasses.replace(v.run.train, init_seed=seed))
+            trainees.append((v, seed, run, _run_dir(out, v.label, seed)))
+    what = f"training {len(trained)} variant(s) x {len(seeds or [None])} seed(s) side by side"
+    check_memory([run for _, _, run, _ in trainees], source.d_in, device, what)
     out.mkdir(parents=True, exist_ok=True)
-    dirs = [out / _safe(v.label) for v in trained]
     # Checked and trained under the lock: of two compares into one --out, the second refuses.
     with checkpoint.run_lock(out):
-        for d in dirs:
+        for *_, d in trainees:
             if (d / checkpoint.CFG_FILE).exists():
-                raise UsageError(f"--out {out} already holds a comparison ({d.name}); choose another --out")
+                raise UsageError(f"--out {out} already holds a comparison ({d.relative_to(out)}); choose another --out")
         # The variants' spliced CE/KL come from one shared set of runs below, not from each run's final evaluation.
-        train_many([v.run for v in trained], dirs, source, progress=progress, downstream=False)
+        train_many([run for _, _, run, _ in trainees], [d for *_, d in trainees], source, progress=progress, downstream=False)
 
     eval_x = source.eval_activations(base.train.eval_tokens)
-    saes = {}
-    for v, d in zip(trained, dirs):
-        saes[v.label] = checkpoint.load_sae(d, device)[0]
+    # Every SAE to evaluate, keyed by (label, seed): the trainees, then the registry entries.
+    saes = {(v.label, seed): checkpoint.load_sae(d, device)[0] for v, seed, _, d in trainees}
     for v in variants:
         if v.entry is not None:
-            saes[v.label] = catalog.load_entry(v.entry, str(device))
+            saes[(v.label, None)] = catalog.load_entry(v.entry, str(device))
     tier_sizes = next((s.latent_groups() for s in saes.values() if len(s.latent_groups()) > 1), None)
     sizes = [size for _, size in tier_sizes] if tier_sizes else None
-    results: dict[str, dict[str, float]] = {}
+    results: dict[tuple[str, int | None], dict[str, float]] = {}
     densities = {}
-    for v in variants:
-        sae = saes[v.label]
+    for key, sae in saes.items():
         groups = None if len(sae.latent_groups()) > 1 else sizes
-        results[v.label], densities[v.label] = full_evaluation(
+        results[key], density = full_evaluation(
             sae, source, eval_x, base.train.batch_size, device, group_sizes=groups
         )
-    # One set of spliced runs for every variant: the clean (and zero-ablated) runs are shared.
-    downstream = downstream_metrics([saes[v.label] for v in variants], source, base.train.downstream_tokens, device)
-    for v, metrics in zip(variants, downstream):
-        results[v.label].update(metrics)
-    # One task (word activations and probe) for every variant.
-    absorption = absorption_metrics([saes[v.label] for v in variants], source, base.train.absorption_words, device)
-    for v, metrics in zip(variants, absorption):
-        results[v.label].update(metrics)
+        densities.setdefault(key[0], density)  # the plot shows each variant's first seed
+    # One set of spliced runs for every SAE: the clean (and zero-ablated) runs are shared.
+    keys = list(saes)
+    downstream = downstream_metrics([saes[k] for k in keys], source, base.train.downstream_tokens, device)
+    for key, metrics in zip(keys, downstream):
+        results[key].update(metrics)
+    # One task (word activations and probe) for every SAE.
+    absorption = absorption_metrics([saes[k] for k in keys], source, base.train.absorption_words, device)
+    for key, metrics in zip(keys, absorption):
+        results[key].update(metrics)
     report = {
         "saezoo_version": saezoo.__version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "data": source.describe(),
         "shared_train": {k: getattr(base.train, k) for k in SHARED_TRAIN},
-        "variants": {
-            v.label: {
-                "architecture": v.run.architecture if v.run else v.entry.architecture,
-                "preset": (v.run.preset if v.run else v.entry.preset) or None,
-                "registry_entry": v.entry.name if v.entry else None,
-                "run_dir": str(out / _safe(v.label)) if v.run else None,
-                "config": v.run.to_dict() if v.run else {"sae": v.entry.config},
-                "metrics": results[v.label],
-            }
-            for v in variants
-        },
+        "seeds": seeds,
+        "variants": {v.label: _variant_report(v, out, seeds, results) for v in variants},
     }
     write_report(report, out, densities)
     return report
+
+
+def _run_dir(out: Path, label: str, seed: int | None) -> Path:
+    return out / _safe(label) / f"seed-{seed}" if seed is not None else out / _safe(label)
+
+
+def _variant_report(v: Variant, out: Path, seeds: list[int] | None, results: dict[tuple[str, int | None], dict[str, float]]) -> dict[str, Any]:
+    """A variant's entry in report.json: its settings, the mean (and standard deviation)
+    of each metric over its seeds, and every seed's own numbers."""
+    own = [seed for label, seed in results if label == v.label]
+    per_seed = [results[(v.label, seed)] for seed in own]
+    names = [k for k in per_seed[0] if all(_is_number(m.get(k)) for m in per_seed)]
+    entry: dict[str, Any] = {
+        "architecture": v.run.architecture if v.run else v.entry.architecture,
+        "preset": (v.run.preset if v.run else v.entry.preset) or None,
+        "curriculum": v.run.curriculum_name if v.run else None,
+        "registry_entry": v.entry.name if v.entry else None,
+        "run_dir": str(out / _safe(v.label)) if v.run else None,
+        "config": v.run.to_dict() if v.run else {"sae": v.entry.config},
+        "metrics": {k: statistics.fmean(m[k] for m in per_seed) for k in names} if len(per_seed) > 1 else per_seed[0],
+    }
+    if seeds is not None and v.run is not None:
+        if len(per_seed) > 1:
+            entry["metrics_std"] = {k: statistics.stdev(m[k] for m in per_seed) for k in names}
+        entry["seeds"] = {str(seed): {"run_dir": str(_run_dir(out, v.label, seed)), "metrics": results[(v.label, seed)]} for seed in own}
+    return entry
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _safe(label: str) -> str:
@@ -256,11 +368,13 @@ def _safe(label: str) -> str:
 def write_report(report: dict[str, Any], out: Path, densities: dict[str, torch.Tensor]) -> None:
     checkpoint.write_json(out / "report.json", checkpoint.json_safe(report))
     variants = report["variants"]
-    curves = {label: _loss_curves(Path(v["run_dir"]) / "tb") for label, v in variants.items() if v["run_dir"]}
+    curves = {label: _loss_curves(Path(_first_run_dir(v)) / "tb") for label, v in variants.items() if v["run_dir"]}
     plots.training_curves(curves, out / "training_curves.png")
-    plots.ev_vs_l0(
-        {k: (v["metrics"]["l0"], v["metrics"]["explained_variance"]) for k, v in variants.items()}, out / "ev_vs_l0.png"
-    )
+    points = {
+        label: [(m["l0"], m["explained_variance"]) for m in _seed_metrics(v)]
+        for label, v in variants.items()
+    }
+    plots.ev_vs_l0(points, out / "ev_vs_l0.png")
     tiers = _tier_activity(report)
     if tiers:
         plots.tier_activity(tiers, out / "tier_activity.png")
@@ -279,6 +393,15 @@ def _tier_activity(report: dict[str, Any]) -> dict[str, dict[str, tuple[float, f
     return tiers if any(tiers.values()) else {}
 
 
+def _seed_metrics(v: dict[str, Any]) -> list[dict[str, float]]:
+    """A variant's metrics, one dict per seed (one dict without --seeds)."""
+    return [s["metrics"] for s in v["seeds"].values()] if "seeds" in v else [v["metrics"]]
+
+
+def _first_run_dir(v: dict[str, Any]) -> str:
+    return next(iter(v["seeds"].values()))["run_dir"] if "seeds" in v else v["run_dir"]
+
+
 def _loss_curves(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -289,19 +412,43 @@ def _loss_curves(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+SIMILAR_COLUMN = "≈ within seed spread"
+
+
 def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """One row per metric, one column per variant: stays readable for many metrics."""
+    """One row per metric, one column per variant: stays readable for many metrics. With
+    seeds, each cell is mean ± standard deviation and a last column lists the pairs of
+    variants whose means differ by no more than the sum of their standard deviations."""
     variants = report["variants"]
     extra = sorted({k for v in variants.values() for k in v["metrics"] if k.startswith(TABLE_PREFIXES)})
     metrics = [c for c in TABLE_METRICS + extra if any(c in v["metrics"] for v in variants.values())]
-    rows = [[m] + [_fmt(v["metrics"].get(m)) for v in variants.values()] for m in metrics]
-    return ["metric", *variants], rows
+    spread = any("metrics_std" in v for v in variants.values())
+    rows = []
+    for m in metrics:
+        row = [m] + [_fmt(v["metrics"].get(m), v.get("metrics_std", {}).get(m)) for v in variants.values()]
+        rows.append(row + ([_within_spread(m, variants)] if spread else []))
+    return ["metric", *variants, *([SIMILAR_COLUMN] if spread else [])], rows
 
 
-def _fmt(value: float | None) -> str:
+def _within_spread(metric: str, variants: dict[str, Any]) -> str:
+    """``a ≈ b`` for each pair whose |mean difference| <= std_a + std_b (a variant without
+    seeds counts a spread of 0): the seeds do not tell them apart. A reading aid, not a test."""
+    labels = [label for label, v in variants.items() if _is_number(v["metrics"].get(metric))]
+    pairs = []
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            va, vb = variants[a], variants[b]
+            spread = va.get("metrics_std", {}).get(metric, 0.0) + vb.get("metrics_std", {}).get(metric, 0.0)
+            if abs(va["metrics"][metric] - vb["metrics"][metric]) <= spread:
+                pairs.append(f"{a} ≈ {b}")
+    return "; ".join(pairs) or "–"
+
+
+def _fmt(value: float | None, std: float | None = None) -> str:
     if value is None:
         return "–"
-    return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+    text = f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+    return text if std is None else f"{text} ± {std:.2g}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -310,6 +457,16 @@ def markdown(report: dict[str, Any]) -> str:
     data = report["data"]
     lines.append("Data: " + ", ".join(f"{k}={v}" for k, v in data.items() if not isinstance(v, dict)))
     lines.append("Shared training settings: " + ", ".join(f"{k}={v}" for k, v in report["shared_train"].items()))
+    seeds = report.get("seeds")
+    if seeds:
+        lines += [
+            "",
+            f"Every variant trained with {len(seeds)} initialisation seeds ({', '.join(map(str, seeds))}) on the one",
+            "stream of batches: each cell is the mean ± standard deviation over seeds (every seed's",
+            "numbers are in report.json). The last column lists the pairs of variants whose means differ",
+            "by no more than the sum of their standard deviations: within the seeds' spread, so this",
+            "comparison does not tell them apart (a reading aid, not a significance test).",
+        ]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += [
@@ -321,6 +478,8 @@ def markdown(report: dict[str, Any]) -> str:
         "`consistency/*`: mean P(parent fires | child fires) in that tree.",
         "`absorption_first_letter/*`: first-letter absorption on the model's vocabulary (model sources;",
         "exploratory on a small model such as SmolLM2-135M).",
+        *(["Training curves and feature density: the first seed of each variant; explained variance vs",
+           "L0: every seed (small points) and the mean ± std (bars)."] if seeds else []),
         "",
         "![training curves](training_curves.png)",
         "",

@@ -69,6 +69,9 @@ class TrainConfig:
     """A latent silent for this many training tokens counts as dead."""
     seed: int = 0
     """Seed of the SAE's initialisation and of the data order."""
+    init_seed: int | None = None
+    """Seed of the SAE's initialisation alone (None: train.seed); `compare --seeds` gives
+    each trainee its own on one stream of data."""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (CUDA when present)."""
     autocast: Literal["none", "bf16"] = "none"

@@ -54,14 +54,16 @@ def keep_freed_memory() -> bool:
     return _done
 
 
-def check_fits(n_bytes: int, what: str) -> None:
-    """Refuse ``what`` when its ``n_bytes`` exceed the memory available (``MemAvailable`` in
-    /proc/meminfo); where that is unknown (not Linux), nothing is checked."""
-    try:
-        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        available = int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError, IndexError):
-        return
+def check_fits(n_bytes: int, what: str, available: int | None = None) -> None:
+    """Refuse ``what`` when its ``n_bytes`` exceed the memory ``available`` (by default the
+    host's: ``MemAvailable`` in /proc/meminfo); where that is unknown (not Linux), nothing
+    is checked."""
+    if available is None:
+        try:
+            fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+            available = int(fields["MemAvailable"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError, IndexError):
+            return
     if n_bytes > available:
         raise UsageError(
             f"{what} needs at least {n_bytes / 2**30:,.1f} GiB of memory, {available / 2**30:,.1f} GiB is available; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -43,18 +44,28 @@ def training_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path:
     _save(fig, path)
 
 
-def ev_vs_l0(points: dict[str, tuple[float, float]], path: Path) -> None:
-    """``points[variant] = (l0, explained_variance)``."""
+def ev_vs_l0(points: dict[str, list[tuple[float, float]]], path: Path) -> None:
+    """``points[variant] = [(l0, explained_variance), ...]``, one pair per seed: each seed a
+    small point, their mean a large one with bars of one standard deviation both ways."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for variant, (l0, ev) in points.items():
-        ax.scatter([l0], [ev], s=60)
-        ax.annotate(variant, (l0, ev), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    for i, (variant, pairs) in enumerate(points.items()):
+        l0s, evs = zip(*pairs)
+        l0, ev = statistics.fmean(l0s), statistics.fmean(evs)
+        if len(pairs) > 1:
+            dots = ax.scatter(l0s, evs, s=14, alpha=0.45)
+            ax.errorbar([l0], [ev], xerr=[statistics.stdev(l0s)], yerr=[statistics.stdev(evs)], fmt="o", ms=7,
+                        capsize=3, color=dots.get_facecolor()[0][:3])
+        else:
+            ax.scatter([l0], [ev], s=60)
+        # Every other label below its point: variants that land together stay readable.
+        ax.annotate(variant, (l0, ev), textcoords="offset points", xytext=(6, 4 if i % 2 == 0 else -12), fontsize=9)
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel("explained variance")
     ax.set_title("Explained variance against sparsity (up and left is better)")
     # Axes from L0 = 0 and at least 0.1 of explained variance tall: two close points must
     # look close, not fill the plot.
-    l0s, evs = zip(*points.values()) if points else ((1.0,), (0.5,))
+    every = [p for pairs in points.values() for p in pairs] or [(1.0, 0.5)]
+    l0s, evs = zip(*every)
     ax.set_xlim(0, max(l0s) * 1.15)
     low, high = min(evs), max(evs)
     pad = max(0.0, 0.1 - (high - low)) / 2

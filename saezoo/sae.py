@@ -146,6 +146,13 @@ class SAE(nn.Module):
         """Raise ``ValueError`` with a clear message for an impossible config."""
 
     @classmethod
+    def built_class(cls, cfg: Any) -> type[SAE]:
+        """The class that building this architecture with ``cfg`` makes, known before any
+        weight (or activation) exists: ``compare`` checks each variant's curriculum against
+        its knobs up front. An architecture that builds a subclass per config says which."""
+        return cls
+
+    @classmethod
     def l0_control(cls, cfg: Any, target: float) -> tuple[str | None, list[str]] | None:
         """How ``compare --target-l0`` brings ``cfg``'s L0 to ``target``: ``(curriculum,
         settings)``, the curriculum to train with (None: the one given) and ``--set`` items;

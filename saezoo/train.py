@@ -82,7 +82,7 @@ class Trainee:
         self.device = device
         self.source_key = source_key
         curriculum_cls = plugins.curricula.get(run.curriculum_name)
-        torch.manual_seed(run.train.seed)
+        torch.manual_seed(run.train.seed if run.train.init_seed is None else run.train.init_seed)
         self.sae: SAE = ckpt.build_sae(run.architecture, d_in, run.sae).to(device)
         # The built SAE's class: a registered architecture may build a subclass per config,
         # with the knobs of that config.

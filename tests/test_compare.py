@@ -11,14 +11,14 @@ import torch
 
 from saezoo import catalog, hookimpl, plugins
 from saezoo.activations import SyntheticConfig, SyntheticSource
-from saezoo.compare import resolve_variants, run_compare
+from saezoo.compare import SIMILAR_COLUMN, _within_spread, parse_seeds, resolve_variants, run_compare, table_rows
 from saezoo.errors import UsageError
 from saezoo_flat.sae import FlatConfig, FlatSAE
 
 from activations_helpers import corpus_file, llama_dir  # noqa: F401  (fixtures)
 from helpers import FAST_SETS, HAS_SMOLLM2, assert_one_line_error, demo_cache, run_cli
 
-SEEN: dict[str, list[str]] = {}
+SEEN: dict[int, list[str]] = {}  # id of a Recorder -> hashes of the batches it trained on
 
 
 @dataclass
@@ -27,8 +27,6 @@ class RecorderConfig(FlatConfig):
     """Latents per input dimension."""
     l1_coefficient: float = 5.0
     """L1 weight."""
-    tag: str = "a"
-    """Which list of SEEN the batches go to."""
 
 
 class Recorder(FlatSAE):
@@ -38,7 +36,7 @@ class Recorder(FlatSAE):
 
     def forward(self, x, knobs=None, dead_mask=None):
         if self.training and x.requires_grad is False:
-            SEEN.setdefault(self.cfg.tag, []).append(hashlib.sha1(x.detach().cpu().numpy().tobytes()).hexdigest())
+            SEEN.setdefault(id(self), []).append(hashlib.sha1(x.detach().cpu().numpy().tobytes()).hexdigest())
         return super().forward(x, knobs, dead_mask)
 
 
@@ -59,7 +57,10 @@ def recorder():
         plugins.unregister_plugin(RecorderPlugin)
 
 
-def test_every_variant_sees_the_same_batches(recorder, tmp_path):
+@pytest.mark.parametrize("seeds", [None, [3, 5]])
+def test_every_trainee_sees_the_same_batches(recorder, tmp_path, seeds):
+    """K variants x N seeds: every trainee trains on the same batches in the same order, and
+    each batch is produced once for all of them."""
     from saezoo.activations import synthetic
 
     calls = []
@@ -72,19 +73,94 @@ def test_every_variant_sees_the_same_batches(recorder, tmp_path):
     synthetic.SyntheticSource._generate = counting
     try:
         variants = resolve_variants(
-            ["recorder", "recorder", "flat"], "constant", None, None,
+            ["recorder", "recorder@sparsity-warmup", "flat"], "constant", None, None,
             {"data": {"source": "synthetic"}, "train": {"steps": 12}}, FAST_SETS, None,
         )
-        # Both recorders share one tag: give the second its own list.
-        variants[1].run.sae.tag = "b"
-        run_compare(variants, tmp_path / "cmp", progress=False)
+        report = run_compare(variants, tmp_path / "cmp", progress=False, seeds=seeds)
     finally:
         synthetic.SyntheticSource._generate = original
-    assert len(SEEN["a"]) == len(SEEN["b"]) == 12
-    assert SEEN["a"] == SEEN["b"]  # same tokens, same order
+    # Two recorder variants, each once per seed: one list of batches per trainee.
+    assert len(SEEN) == 2 * len(seeds or [None])
+    lists = list(SEEN.values())
+    assert all(len(seen) == 12 for seen in lists)
+    assert all(seen == lists[0] for seen in lists)  # same tokens, same order
+    assert len(set(lists[0])) == 12  # twelve different batches, not one repeated
     training_streams = [s for s in calls if s < 1 << 40]
-    # one init sample (stream 0) + one production per step: not one per variant
+    # one init sample (stream 0) + one production per step: not one per trainee
     assert len(training_streams) == 1 + 12
+    if seeds:
+        per_seed = report["variants"]["recorder@sparsity-warmup"]["seeds"]
+        assert list(per_seed) == ["3", "5"] and report["seeds"] == seeds
+        assert report["variants"]["recorder@sparsity-warmup"]["curriculum"] == "sparsity-warmup"
+
+
+def test_seeds_change_the_initialisation_only(tmp_path):
+    """With --seeds, a variant's first seed (train.seed) trains exactly as without --seeds,
+    another seed differently; the report's mean and std are those of the seeds' numbers."""
+    from saezoo.checkpoint import load_sae
+
+    options = {"data": {"source": "synthetic"}, "train": {"steps": 6, "seed": 2}}
+    one = run_compare(resolve_variants(["flat"], "constant", None, None, options, FAST_SETS, None), tmp_path / "one", progress=False)
+    variants = resolve_variants(["flat", "topk"], "constant", None, None, options, FAST_SETS, None)
+    seeds = parse_seeds("2", variants[0].run.train.seed)
+    assert seeds == [2, 3]
+    report = run_compare(variants, tmp_path / "two", progress=False, seeds=seeds)
+    plain = load_sae(tmp_path / "one" / "flat")[0].state_dict()
+    first, second = (load_sae(tmp_path / "two" / "flat" / f"seed-{s}")[0].state_dict() for s in seeds)
+    for name, value in plain.items():
+        assert torch.equal(value, first[name]), name
+    assert not torch.equal(plain["W_enc"], second["W_enc"])
+    flat = report["variants"]["flat"]
+    evs = [flat["seeds"][str(s)]["metrics"]["explained_variance"] for s in seeds]
+    assert evs[0] == one["variants"]["flat"]["metrics"]["explained_variance"]
+    assert flat["metrics"]["explained_variance"] == pytest.approx((evs[0] + evs[1]) / 2, rel=1e-12)
+    assert flat["metrics_std"]["explained_variance"] == pytest.approx(abs(evs[0] - evs[1]) / 2**0.5, rel=1e-9)
+    header, rows = table_rows(report)
+    assert header[-1] == SIMILAR_COLUMN
+    ev_row = next(r for r in rows if r[0] == "explained_variance")
+    assert ev_row[1].startswith(f"{flat['metrics']['explained_variance']:.4g} ± ")
+
+
+def test_within_spread_marks_pairs_the_seeds_do_not_tell_apart():
+    report = {"variants": {
+        "a": {"metrics": {"ev": 0.50}, "metrics_std": {"ev": 0.02}},
+        "b": {"metrics": {"ev": 0.52}, "metrics_std": {"ev": 0.01}},  # 0.02 apart, spreads 0.03: within
+        "c": {"metrics": {"ev": 0.60}, "metrics_std": {"ev": 0.01}},
+        "entry": {"metrics": {"ev": 0.605}},  # a registry entry: no spread of its own
+    }}
+    assert _within_spread("ev", report["variants"]) == "a ≈ b; c ≈ entry"
+
+
+def test_spec_names_its_curriculum():
+    base = {"data": {"source": "synthetic"}}
+    plain, unlock, warm, paper = resolve_variants(
+        ["hsae", "hsae@tier-unlock", "hsae@sparsity-warmup", "hsae:paper@sparsity-warmup"], "constant", None, None, base,
+        ["hsae@tier-unlock.curriculum.unlock_fraction=0.3", "hsae@sparsity-warmup.curriculum.steps=7"], None,
+    )
+    assert [v.run.curriculum_name for v in (plain, unlock, warm, paper)] == ["constant", "tier-unlock", "sparsity-warmup", "sparsity-warmup"]
+    assert unlock.run.curriculum.unlock_fraction == 0.3
+    assert warm.run.curriculum.steps == 7 and paper.run.curriculum.steps is None  # the label is the whole SPEC
+    assert paper.run.preset == "paper" and paper.run.sae.importance == "learned_softmax"
+    # --curriculum is the default of the variants that name none.
+    flat, hsae = resolve_variants(["flat", "hsae@tier-unlock"], "sparsity-warmup", None, None, base, [], None)
+    assert (flat.run.curriculum_name, hsae.run.curriculum_name) == ("sparsity-warmup", "tier-unlock")
+    # A curriculum that does not fit its architecture fails here, before any source exists.
+    with pytest.raises(UsageError, match="curriculum 'sparsity-warmup' .* architecture 'hsae:tree' does not accept"):
+        resolve_variants(["hsae", "hsae:tree@sparsity-warmup"], "constant", None, None, base, [], None)
+    with pytest.raises(UsageError, match="unknown curriculum after '@' in 'flat@warmup'"):
+        resolve_variants(["flat@warmup"], "constant", None, None, base, [], None)
+    # --target-l0 keeps a curriculum that steers nothing it needs (k-anneal on topk's k).
+    topk, = resolve_variants(["topk@k-anneal"], "constant", 20.0, None, base, [], None)
+    assert (topk.run.curriculum_name, topk.run.sae.k) == ("k-anneal", 20)
+
+
+@pytest.mark.parametrize("text, error", [
+    ("0", "give at least one seed"), ("0,1,0", "seed 0 given twice"), ("x", "give a count"), ("-1,2", ">= 0"),
+])
+def test_bad_seeds(text, error):
+    with pytest.raises(UsageError, match=error):
+        parse_seeds(text, 0)
+    assert parse_seeds("4,1", 9) == [4, 1] and parse_seeds(None, 0) is None
 
 
 def test_compare_on_a_model_shares_the_spliced_runs(tmp_path, llama_dir, corpus_file, monkeypatch):  # noqa: F811

@@ -304,6 +304,21 @@ def case(env, row: str):
         return ["train", "flat", *model, "--out", str(r / "f16")], {"SAEZOO_MODEL_DTYPE": "float16"}, ["SAEZOO_MODEL_DTYPE must be", "'float16'"]
     if row == "bad-target-l0":
         return ["compare", "flat", "topk", *SYN, "--target-l0", "nan", "--out", str(r / "tl0")], {}, ["--target-l0 must be a positive finite number"]
+    if row == "spec-unknown-curriculum":
+        return ["compare", "hsae", "hsae@tier-unlok", *SYN], {}, ["unknown curriculum after '@' in 'hsae@tier-unlok'", "did you mean 'tier-unlock'"]
+    if row == "spec-incompatible-curriculum":
+        return ["compare", "hsae", "flat@tier-unlock", *SYN, "--out", str(r / "sic")], {}, ["curriculum 'tier-unlock'", "architecture 'flat' does not accept"]
+    if row == "spec-entry-curriculum":
+        return ["compare", "flat", "smollm2-flat@tier-unlock", *SYN], {}, ["registry entry 'smollm2-flat' is evaluated, not trained"]
+    if row == "target-l0-and-curriculum":
+        return ["compare", "hsae@tier-unlock", "flat", *SYN, "--target-l0", "40"], {}, ["--target-l0 steers 'hsae@tier-unlock'", "not also 'tier-unlock'"]
+    if row == "seeds-zero":
+        return ["compare", "hsae", "flat", *SYN, "--seeds", "0", "--out", str(r / "s0")], {}, ["--seeds 0: give at least one seed"]
+    if row == "seeds-duplicate":
+        return ["compare", "hsae", "flat", *SYN, "--seeds", "0,1,0", "--out", str(r / "sdup")], {}, ["--seeds '0,1,0': seed 0 given twice"]
+    if row == "compare-beyond-memory":
+        args = ["compare", "flat", "flat", *SYN, "--seeds", "3", "--set", "sae.expansion_factor=100000000", "--out", str(r / "cbm")]
+        return args, {}, ["training 2 variant(s) x 3 seed(s) side by side", "GiB is available"]
     if row == "beyond-memory":
         return ["eval", str(env["run"]), "--tokens", "100000000000"], {}, ["100,000,000,000 tokens", "GiB is available"]
     if row == "empty-argument":

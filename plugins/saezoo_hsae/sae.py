@@ -177,11 +177,16 @@ class HSAE(SAE):
 
     def __new__(cls, *args: Any, **kwargs: Any) -> HSAE:
         if cls is HSAE:
-            cfg = args[1] if len(args) > 1 else kwargs["cfg"]
-            from saezoo_hsae.tree import TreeHSAE
-
-            cls = TreeHSAE if cfg.coupling == "tree" else DenseHSAE
+            cls = HSAE.built_class(args[1] if len(args) > 1 else kwargs["cfg"])
         return super().__new__(cls)
+
+    @classmethod
+    def built_class(cls, cfg: HSAEConfig) -> type[HSAE]:
+        if cls is not HSAE:
+            return cls
+        from saezoo_hsae.tree import TreeHSAE
+
+        return TreeHSAE if cfg.coupling == "tree" else DenseHSAE
 
     @classmethod
     def l0_control(cls, cfg: HSAEConfig, target: float) -> tuple[str | None, list[str]] | None:
@@ -212,13 +217,15 @@ class DenseHSAE(HSAE):
         super().__init__(d_in, cfg)
         self.validate()
         self.tier_widths = tier_widths(d_in, cfg)
-        init = torch.tensor(cfg.importance_init or [1.0] * len(self.tier_widths))
-        logits = (init / init.sum()).log()
+        # On the CPU whatever the default device: built on the meta device (compare's memory
+        # estimate counts parameters that way), the SAE still reads these values.
+        init = torch.tensor(cfg.importance_init or [1.0] * len(self.tier_widths), device="cpu")
+        logits = (init / init.sum()).log().tolist()
         learned = cfg.importance == "learned_softmax"
         dims = [d_in, *self.tier_widths]
         self.tiers = nn.ModuleList(
             _Tier(
-                dims[i], dims[i + 1], d_in, cfg.layernorm and i > 0, float(logits[i]), learned, cfg.input_skip and i > 0
+                dims[i], dims[i + 1], d_in, cfg.layernorm and i > 0, logits[i], learned, cfg.input_skip and i > 0
             )
             for i in range(len(self.tier_widths))
         )
