@@ -105,7 +105,9 @@ def resolve_variants(
         arch, preset, own_curriculum = parse_spec(spec)
         if arch not in archs and not preset and (catalog.registry_dir() / f"{arch}.toml").exists():
             if own_curriculum is not None:
-                raise UsageError(f"{spec!r}: registry entry {arch!r} is evaluated, not trained; it takes no @curriculum")
+                raise UsageError(
+                    f"{spec!r}: registry entry {arch!r} is evaluated, not trained; it takes no @curriculum"
+                )
             parsed.append((spec, None, None, None))
             continue
         cls = archs.get(arch)  # unknown -> a clear error listing architectures
@@ -181,7 +183,9 @@ def parse_seeds(text: str | None, base: int) -> list[int] | None:
         raise UsageError(f"--seeds {text!r}: seeds are integers >= 0")
     repeated = sorted({s for s in items if items.count(s) > 1})
     if repeated:
-        raise UsageError(f"--seeds {text!r}: seed {', '.join(map(str, repeated))} given twice; each seed trains once per variant")
+        raise UsageError(
+            f"--seeds {text!r}: seed {', '.join(map(str, repeated))} given twice; each seed trains once per variant"
+        )
     return items
 
 
@@ -250,16 +254,22 @@ def check_memory(runs: list[RunConfig], d_in: int, device: torch.device, what: s
             with torch.device("meta"):
                 sae = checkpoint.build_sae(run.architecture, d_in, run.sae)
         except RuntimeError:
-            continue  # a constructor that reads tensor values cannot run on meta: left out (the estimate is a lower bound)
+            # A constructor that reads tensor values cannot run on meta: left out (the
+            # estimate is then a lower bound).
+            continue
         params += sum(p.numel() for p in sae.parameters())
         widest = max(widest, sae.width)
     train = runs[0].train
-    need = TRAINING_BYTES_PER_PARAMETER * params + 4 * (STEP_TEMPORARIES * train.batch_size * widest + train.eval_tokens * d_in)
+    need = TRAINING_BYTES_PER_PARAMETER * params + 4 * (
+        STEP_TEMPORARIES * train.batch_size * widest + train.eval_tokens * d_in
+    )
     available = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     check_fits(need, f"{what} ({params:,} parameters, with gradients and Adam state)", available)
 
 
-def run_compare(variants: list[Variant], out: Path, progress: bool = True, seeds: list[int] | None = None) -> dict[str, Any]:
+def run_compare(
+    variants: list[Variant], out: Path, progress: bool = True, seeds: list[int] | None = None
+) -> dict[str, Any]:
     """Train the trainable variants on one stream (each once per seed of ``seeds``, None:
     once at train.seed), evaluate all on the same tokens."""
     from saezoo.activations.factory import build_source
@@ -280,7 +290,11 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True, seeds
     trainees = []
     for v in trained:
         for seed in seeds or [None]:
-            run = v.run if seed is None else dataclasses.replace(v.run, train=dataclasses.replace(v.run.train, init_seed=seed))
+            run = (
+                v.run
+                if seed is None
+                else dataclasses.replace(v.run, train=dataclasses.replace(v.run.train, init_seed=seed))
+            )
             trainees.append((v, seed, run, _run_dir(out, v.label, seed)))
     what = f"training {len(trained)} variant(s) x {len(seeds or [None])} seed(s) side by side"
     check_memory([run for _, _, run, _ in trainees], source.d_in, device, what)
@@ -291,7 +305,9 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True, seeds
             if (d / checkpoint.CFG_FILE).exists():
                 raise UsageError(f"--out {out} already holds a comparison ({d.relative_to(out)}); choose another --out")
         # The variants' spliced CE/KL come from one shared set of runs below, not from each run's final evaluation.
-        train_many([run for _, _, run, _ in trainees], [d for *_, d in trainees], source, progress=progress, downstream=False)
+        train_many(
+            [run for _, _, run, _ in trainees], [d for *_, d in trainees], source, progress=progress, downstream=False
+        )
 
     eval_x = source.eval_activations(base.train.eval_tokens)
     # Every SAE to evaluate, keyed by (label, seed): the trainees, then the registry entries.
@@ -305,9 +321,7 @@ def run_compare(variants: list[Variant], out: Path, progress: bool = True, seeds
     densities = {}
     for key, sae in saes.items():
         groups = None if len(sae.latent_groups()) > 1 else sizes
-        results[key], density = full_evaluation(
-            sae, source, eval_x, base.train.batch_size, device, group_sizes=groups
-        )
+        results[key], density = full_evaluation(sae, source, eval_x, base.train.batch_size, device, group_sizes=groups)
         densities.setdefault(key[0], density)  # the plot shows each variant's first seed
     # One set of spliced runs for every SAE: the clean (and zero-ablated) runs are shared.
     keys = list(saes)
@@ -335,7 +349,9 @@ def _run_dir(out: Path, label: str, seed: int | None) -> Path:
     return out / _safe(label) / f"seed-{seed}" if seed is not None else out / _safe(label)
 
 
-def _variant_report(v: Variant, out: Path, seeds: list[int] | None, results: dict[tuple[str, int | None], dict[str, float]]) -> dict[str, Any]:
+def _variant_report(
+    v: Variant, out: Path, seeds: list[int] | None, results: dict[tuple[str, int | None], dict[str, float]]
+) -> dict[str, Any]:
     """A variant's entry in report.json: its settings, the mean (and standard deviation)
     of each metric over its seeds, and every seed's own numbers."""
     own = [seed for label, seed in results if label == v.label]
@@ -353,7 +369,10 @@ def _variant_report(v: Variant, out: Path, seeds: list[int] | None, results: dic
     if seeds is not None and v.run is not None:
         if len(per_seed) > 1:
             entry["metrics_std"] = {k: statistics.stdev(m[k] for m in per_seed) for k in names}
-        entry["seeds"] = {str(seed): {"run_dir": str(_run_dir(out, v.label, seed)), "metrics": results[(v.label, seed)]} for seed in own}
+        entry["seeds"] = {
+            str(seed): {"run_dir": str(_run_dir(out, v.label, seed)), "metrics": results[(v.label, seed)]}
+            for seed in own
+        }
     return entry
 
 
@@ -370,10 +389,7 @@ def write_report(report: dict[str, Any], out: Path, densities: dict[str, torch.T
     variants = report["variants"]
     curves = {label: _loss_curves(Path(_first_run_dir(v)) / "tb") for label, v in variants.items() if v["run_dir"]}
     plots.training_curves(curves, out / "training_curves.png")
-    points = {
-        label: [(m["l0"], m["explained_variance"]) for m in _seed_metrics(v)]
-        for label, v in variants.items()
-    }
+    points = {label: [(m["l0"], m["explained_variance"]) for m in _seed_metrics(v)] for label, v in variants.items()}
     plots.ev_vs_l0(points, out / "ev_vs_l0.png")
     tiers = _tier_activity(report)
     if tiers:
@@ -436,7 +452,7 @@ def _within_spread(metric: str, variants: dict[str, Any]) -> str:
     labels = [label for label, v in variants.items() if _is_number(v["metrics"].get(metric))]
     pairs = []
     for i, a in enumerate(labels):
-        for b in labels[i + 1:]:
+        for b in labels[i + 1 :]:
             va, vb = variants[a], variants[b]
             spread = va.get("metrics_std", {}).get(metric, 0.0) + vb.get("metrics_std", {}).get(metric, 0.0)
             if abs(va["metrics"][metric] - vb["metrics"][metric]) <= spread:
@@ -478,8 +494,14 @@ def markdown(report: dict[str, Any]) -> str:
         "`consistency/*`: mean P(parent fires | child fires) in that tree.",
         "`absorption_first_letter/*`: first-letter absorption on the model's vocabulary (model sources;",
         "exploratory on a small model such as SmolLM2-135M).",
-        *(["Training curves and feature density: the first seed of each variant; explained variance vs",
-           "L0: every seed (small points) and the mean ± std (bars)."] if seeds else []),
+        *(
+            [
+                "Training curves and feature density: the first seed of each variant; explained variance vs",
+                "L0: every seed (small points) and the mean ± std (bars).",
+            ]
+            if seeds
+            else []
+        ),
         "",
         "![training curves](training_curves.png)",
         "",
