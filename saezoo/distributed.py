@@ -74,3 +74,10 @@ def any_rank(flags: Tensor) -> Tensor:
     if world() > 1:
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     return flags
+
+
+def sum_ranks(values: Tensor) -> Tensor:
+    """Element-wise sum of a tensor over ranks, in place (statistics every rank must agree on)."""
+    if world() > 1:
+        dist.all_reduce(values)
+    return values

@@ -133,6 +133,14 @@ class SAE(nn.Module):
     def after_backward(self) -> None:
         """Gradient surgery between backward and the optimiser step."""
 
+    @torch.no_grad()
+    def reorganise(self, step: int, steps: int) -> None:
+        """Changes to which latent sits where, made between steps (e.g. the tree-gated HSAE
+        moves a latent under the latent it only fires with). ``step`` steps of ``steps`` are
+        done; the trainer calls it after :meth:`after_step` and before any checkpoint of that
+        step. Weights only: the optimiser's moments and the trainer's dead counters stay with
+        the position, not the latent."""
+
     def gradient_groups(self) -> dict[str, tuple[list[nn.Parameter], float | None]]:
         """Parameters clipped together: name -> (params, max norm or None for the
         trainer's ``grad_clip``). One group by default."""

@@ -187,6 +187,8 @@ class Trainee:
             self.tokens_since_fired += x.shape[0] * distributed.world()
             self.tokens_since_fired[fired] = 0
         self.step += 1
+        if finite:
+            self.sae.reorganise(self.step, cfg.steps)
         if self.step % cfg.log_every == 0 or not finite or self.step == cfg.steps:
             self.log(out, loss, knobs, grad_norms, dead_mask)
         if self.nonfinite_run >= cfg.max_nonfinite_steps:

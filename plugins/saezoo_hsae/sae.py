@@ -60,6 +60,22 @@ class HSAEConfig:
     """tree: each tier's share of k, one per tier, normalised to sum 1 (None: equal). A
     tier's budget need not be a whole number per token: a batch keeps round(batch x k x
     share) of its latents."""
+    prefix_losses: bool = True
+    """tree: each prefix of the tiers (tier 1 alone, tiers 1-2, ...) is also trained to
+    reconstruct the input, as Matryoshka SAEs train their nested dictionaries: a parent must
+    stand for all of its children's tokens on its own, so it cannot take in one child's
+    direction (README: ablation)."""
+    regraft_every: int = 200
+    """tree: every this many steps, a latent that fires mostly inside another latent of its own
+    tier (on at least regraft_share of its tokens) moves, with the latents below it, under
+    that latent, into its least used child slot: fixed slots, learned placement. 0: never.
+    A resumed run is exact when this is a multiple of train.checkpoint_every."""
+    regraft_share: float = 0.5
+    """tree: share of a latent's firing during which the other latent must fire for it to
+    move (the hierarchy metrics' inferred-parent threshold)."""
+    regraft_until: float = 0.75
+    """tree: share of training after which latents stay where they are, so that the last
+    moves settle before the end."""
     aux_k: int | None = None
     """tree: dead latents AuxK lets reconstruct the residual, per token (None: d_in // 2)."""
     aux_coefficient: float = 1 / 32

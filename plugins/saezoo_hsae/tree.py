@@ -27,9 +27,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from saezoo import SAEOutput
+from saezoo_hsae.placement import Placement
 from saezoo_hsae.sae import HSAE, HSAEConfig, tier_widths
 from saezoo_topk.fused import Selection
-from saezoo_topk.sae import TopKFamilySAE, by_token, largest_entries
+from saezoo_topk.sae import TopKFamilySAE, by_token, largest_entries, squared_error
 
 
 class TreeHSAE(HSAE, TopKFamilySAE):
@@ -43,6 +45,8 @@ class TreeHSAE(HSAE, TopKFamilySAE):
         self.tier_widths = tier_widths(d_in, cfg)
         self.register_buffer("thresholds", torch.zeros(self.n_tiers))
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
+        self.placement = Placement(self.tier_widths)
+        self.moves_made = 0
 
     @property
     def children_per_parent(self) -> list[int]:
@@ -62,6 +66,11 @@ class TreeHSAE(HSAE, TopKFamilySAE):
     def validate(self) -> None:
         super().validate()
         cfg = self.cfg
+        if cfg.regraft_every < 0 or not 0 < cfg.regraft_share <= 1 or not 0 <= cfg.regraft_until <= 1:
+            raise ValueError(
+                "regraft_every must be >= 0, regraft_share in (0, 1] and regraft_until in [0, 1]; got "
+                f"{cfg.regraft_every}, {cfg.regraft_share}, {cfg.regraft_until}"
+            )
         n = len(cfg.tier_expansion)
         if cfg.tier_shares is not None and (len(cfg.tier_shares) != n or any(s <= 0 for s in cfg.tier_shares)):
             raise ValueError(f"tier_shares needs {n} positive entries (one per tier), got {cfg.tier_shares}")
@@ -140,7 +149,33 @@ class TreeHSAE(HSAE, TopKFamilySAE):
         self.thresholds[tier].lerp_(smallest.to(self.thresholds.dtype), weight)
 
     def diagnostics(self) -> dict[str, float]:
-        return {f"threshold/tier{i + 1}": float(t) for i, t in enumerate(self.thresholds)}
+        out = {f"threshold/tier{i + 1}": float(t) for i, t in enumerate(self.thresholds)}
+        if self.cfg.regraft_every:
+            out["regraft/moves"] = float(self.moves_made)
+        return out
+
+    def forward(self, x: Tensor, knobs: dict[str, float] | None = None, dead_mask: Tensor | None = None) -> SAEOutput:
+        x_hat, codes, pre_of = self.reconstruct(x, self.k_for(knobs))
+        losses = {"mse": squared_error(x, x_hat), "auxk": self.auxk_loss(x - x_hat, pre_of, dead_mask)}
+        if self.cfg.prefix_losses and self.n_tiers > 1:
+            partial, start, errors = self.b_dec, 0, []
+            for width in self.tier_widths[:-1]:
+                partial = partial + codes[:, start : start + width] @ self.W_dec[start : start + width]
+                errors.append(squared_error(x, partial))
+                start += width
+            losses["prefix_mse"] = sum(errors, x.new_zeros(()))
+        if self.training and self.cfg.regraft_every:
+            self.placement.record(codes.detach())
+        return SAEOutput(x_hat, codes, losses)
+
+    @torch.no_grad()
+    def reorganise(self, step: int, steps: int) -> None:
+        every = self.cfg.regraft_every
+        if not every or step % every:
+            return
+        if step <= self.cfg.regraft_until * steps:
+            self.moves_made = self.placement.regraft(self, self.cfg.regraft_share)
+        self.placement.reset()
 
     def reconstruct(self, x: Tensor, k: int) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
         x_hat, codes, pre_of = super().reconstruct(x, k)

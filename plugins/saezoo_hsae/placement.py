@@ -1,0 +1,198 @@
+"""Where each latent of the tree-gated HSAE sits: fixed slots, learned placement.
+
+The tree's slots are fixed (block p of tier i+1 belongs to latent p of tier i), but which
+feature ends up in which slot is learned, and gradient descent alone puts many of them in the
+wrong tier: a child feature is often first picked up by a free latent of tier 1, which can fire
+anywhere, rather than by a child slot of its parent's latent, which can only fire after the
+parent has been learned. Measured on the synthetic tree [8, 4, 3], 2000 steps: 3 of each root's
+4 children ended in tier 1, next to their parent, and the structural tree found 23 % of the
+depth-1 edges.
+
+So every ``regraft_every`` steps the co-firing of the latents of each tier over those steps
+decides moves: a latent that fires on at most half as many tokens as another latent of its
+tier, and fires with it on at least ``regraft_share`` of its own tokens, is a child sitting in
+the wrong place. It swaps places with its new parent's least used child slot, and its own
+children follow it one tier down, recursively. A swap is a permutation of latents: nothing
+learned is lost, and the latent keeps its encoder and decoder.
+
+Counting co-firing costs tokens x (active latents of the tier)^2 per step, a scatter into a
+``[width_i, width_i]`` table per tier that has children; nothing per step is width^2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from saezoo import distributed
+
+# A latent must have fired on this many tokens in the window before it may move: fewer is
+# noise.
+MIN_FIRES = 20
+# Its holder must fire this many times more often with it than over all tokens.
+MIN_LIFT = 4
+# A child is a guest of its parent when the parent's mean value on the child's tokens is under
+# this share of its mean value: the parent fires there only to let the child fire.
+GUEST_BELOW = 0.5
+
+
+class Placement:
+    """Firing statistics over the current window, and the moves they call for."""
+
+    def __init__(self, tier_widths: list[int]):
+        self.widths = tier_widths
+        self.starts = [sum(tier_widths[:i]) for i in range(len(tier_widths))]
+        self.ratios = [b // a for a, b in zip(tier_widths, tier_widths[1:])]
+        width = sum(tier_widths)
+        self.parents = torch.full((width,), -1, dtype=torch.long)
+        for tier, ratio in enumerate(self.ratios):
+            self.parents[self.starts[tier + 1] : self.starts[tier + 1] + tier_widths[tier + 1]] = (
+                self.starts[tier] + torch.arange(tier_widths[tier + 1]) // ratio
+            )
+        # A latent of tier i may belong under a latent of tier i or, if that tier is not the
+        # last but one, of tier i + 1 (a grandchild left in tier 1 next to its parent, whose
+        # own parent has moved to tier 2): those are the holders counted for it.
+        n = len(tier_widths)
+        self.holders = [
+            (self.starts[i], self.starts[i] + tier_widths[i] + (tier_widths[i + 1] if i + 2 < n else 0)) for i in range(n - 1)
+        ]
+        self.tokens = 0
+        self.fires = torch.zeros(width)
+        self.values = torch.zeros(width)  # sum of each latent's values
+        self.parent_values = torch.zeros(width)  # sum of its parent's values on its tokens
+        self.cofires = [torch.zeros(w, hi - lo) for w, (lo, hi) in zip(tier_widths, self.holders)]
+
+    def reset(self) -> None:
+        self.tokens = 0
+        for t in (self.fires, self.values, self.parent_values, *self.cofires):
+            t.zero_()
+
+    @torch.no_grad()
+    def record(self, codes: Tensor) -> None:
+        """Add a batch of codes ``[batch, width]`` to the window."""
+        if self.fires.device != codes.device:
+            for name in ("fires", "values", "parent_values", "parents"):
+                setattr(self, name, getattr(self, name).to(codes.device))
+            self.cofires = [table.to(codes.device) for table in self.cofires]
+        codes = codes.float()
+        on = codes > 0
+        self.tokens += codes.shape[0]
+        self.fires += on.sum(0)
+        self.values += codes.sum(0)
+        child = self.parents >= 0
+        self.parent_values[child] += (codes[:, self.parents[child]] * on[:, child]).sum(0)
+        for start, width, (lo, hi), table in zip(self.starts, self.widths, self.holders, self.cofires):
+            rows, rows_on = active(on[:, start : start + width])
+            cols, cols_on = active(on[:, lo:hi])
+            if rows is None or cols is None:
+                continue
+            pairs = rows_on.unsqueeze(2) & cols_on.unsqueeze(1)
+            cell = (rows.unsqueeze(2) * (hi - lo) + cols.unsqueeze(1))[pairs]
+            table.view(-1).index_add_(0, cell, torch.ones(len(cell), device=table.device))
+
+    @torch.no_grad()
+    def regraft(self, sae: nn.Module, share: float) -> int:
+        """Make the moves the window calls for in ``sae``'s weights (``W_enc``, ``b_enc``,
+        ``W_dec``); returns how many latents moved (not counting those that followed)."""
+        self.tokens = int(distributed.sum_ranks(torch.tensor(self.tokens)))
+        for t in (self.fires, self.values, self.parent_values, *self.cofires):
+            distributed.sum_ranks(t)
+        self.touched: set[int] = set()
+        moved = 0
+        for tier in range(len(self.cofires)):
+            moved += self._move_down(sae, tier, share)
+        return moved + self._move_up(sae)
+
+    def _move_down(self, sae: nn.Module, tier: int, share: float) -> int:
+        """Latents of ``tier`` that fire mostly inside another go under it."""
+        start, (lo, hi), table = self.starts[tier], self.holders[tier], self.cofires[tier]
+        fires = self.fires[start : start + self.widths[tier]]
+        holder_fires = self.fires[lo:hi]
+        together = table / fires.clamp_min(1).unsqueeze(1)  # [a, b]: P(b fires | a fires)
+        # A holder fires at least twice as often as what it holds, and far more often with it
+        # than without: a latent that fires everywhere holds nothing.
+        holds = (holder_fires.unsqueeze(0) >= 2 * fires.unsqueeze(1)) & (
+            together >= MIN_LIFT * holder_fires.unsqueeze(0) / max(self.tokens, 1)
+        )
+        together = torch.where(holds, together, torch.zeros_like(together))
+        best, _ = together.max(dim=1)
+        inside = (best >= share) & (fires >= MIN_FIRES)
+        moved = 0
+        # The most specific first: a grandchild moves under its parent before that parent
+        # moves under its own, and then follows it down as one of its children.
+        for a in sorted(inside.nonzero().flatten().tolist(), key=lambda i: float(fires[i])):
+            a_global = start + a
+            if a_global in self.touched:
+                continue
+            # Its holders, best first: where the best's child slots are all in use (a root
+            # whose children are all placed), the next (one of those children) may take it.
+            candidates = together[a].argsort(descending=True)
+            for b in candidates[: int((together[a] >= share).sum())].tolist():
+                b_global = lo + b
+                if b_global in self.touched:
+                    continue  # moved earlier in this round: the counts describe its old place
+                b_tier = self.tier_of(b_global)
+                block = self.children(b_tier, b_global)
+                slot = int(block[self.fires[block].argmin()])
+                if self.fires[slot] * 2 < fires[a] and slot not in self.touched:
+                    self.move(sae, tier, a_global, b_tier + 1, slot)
+                    moved += 1
+                    break
+        return moved
+
+    def _move_up(self, sae: nn.Module) -> int:
+        """Children that are guests of their parent go to the least used slots of tier 1."""
+        child = (self.parents >= 0) & (self.fires >= MIN_FIRES)
+        mean = self.values / self.fires.clamp_min(1)
+        on_child = self.parent_values / self.fires.clamp_min(1)
+        guest = child & (on_child < GUEST_BELOW * mean[self.parents.clamp_min(0)])
+        top = torch.arange(self.widths[0])
+        free = top[self.fires[top].argsort()].tolist()
+        moved = 0
+        for c in guest.nonzero().flatten().tolist():
+            if c in self.touched or not free or self.fires[free[0]] * 2 >= self.fires[c] or free[0] in self.touched:
+                continue
+            self.move(sae, self.tier_of(c), c, 0, free.pop(0))
+            moved += 1
+        return moved
+
+    def tier_of(self, latent: int) -> int:
+        return sum(1 for s in self.starts[1:] if latent >= s)
+
+    def children(self, tier: int, latent: int) -> Tensor:
+        """Global indices of the child slots of ``latent`` (global index, in ``tier``)."""
+        ratio = self.ratios[tier]
+        return self.starts[tier + 1] + (latent - self.starts[tier]) * ratio + torch.arange(ratio)
+
+    def move(self, sae: nn.Module, tier: int, latent: int, slot_tier: int, slot: int) -> None:
+        """Swap ``latent`` (in ``tier``) with ``slot`` (in ``slot_tier``); its most used
+        children take the least used child slots of ``slot``, and so on down."""
+        swap(sae, latent, slot)
+        self.fires[[latent, slot]] = self.fires[[slot, latent]]
+        self.touched.update((latent, slot))
+        if tier + 1 >= len(self.widths) or slot_tier + 1 >= len(self.widths):
+            return
+        kids = self.children(tier, latent)
+        targets = self.children(slot_tier, slot)
+        kids = kids[self.fires[kids].argsort(descending=True)]
+        targets = targets[self.fires[targets].argsort()]
+        for kid, target in zip(kids.tolist(), targets.tolist()):
+            if self.fires[kid] <= self.fires[target]:
+                break
+            self.move(sae, tier + 1, kid, slot_tier + 1, target)
+
+
+def active(on: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """Each row's active columns, padded to the most any row has: ``(index, valid)``."""
+    most = int(on.sum(1).max()) if on.numel() else 0
+    if most == 0:
+        return None, None
+    valid, index = on.to(torch.int8).topk(most, dim=1)
+    return index, valid.bool()
+
+
+def swap(sae: nn.Module, a: int, b: int) -> None:
+    """Exchange latents ``a`` and ``b``: encoder columns, encoder biases, decoder rows."""
+    for param, dim in ((sae.W_enc, 1), (sae.b_enc, 0), (sae.W_dec, 0)):
+        index = torch.tensor([a, b], device=param.device)
+        param.data.index_copy_(dim, index, param.data.index_select(dim, index.flip(0)))
