@@ -1,7 +1,7 @@
 """Does a hierarchical SAE beat a flat one? The comparison of issue 17, regenerated.
 
     python benchmarks/hierarchy_answer.py                    # all three comparisons
-    python benchmarks/hierarchy_answer.py --only tree843     # one of tree843, synthetic, smollm2
+    python benchmarks/hierarchy_answer.py --only tree843     # one of tree843, tree1232, synthetic, smollm2
     python benchmarks/hierarchy_answer.py --steps 500 --out /tmp/answer
 
 Each comparison is one ``saezoo compare`` (one stream, every variant at matched L0 through
@@ -13,11 +13,14 @@ for as markdown tables.
 
 * ``tree843``: synthetic source with a three-level tree ``branching = [8, 4, 3]`` (plus 64
   independent features), d_in 64, L0 4 (the source's mean is about 3.5 features per token);
-  1344 latents (expansion 21) for the flat family, 80 / 320 / 960 for the tree, whose tier
-  shares follow the source's firing rates per depth (top level 2.6, depth 1 0.5, depth 2 0.4
-  features per token).
+  2688 latents (expansion 42) for the flat family, 160 / 640 / 1920 for the tree (tier 1 with
+  room for the 72 top-level features and more; 4 then 3 child slots per latent, as the
+  source), whose tier shares follow the source's firing rates per depth (top level 2.6,
+  depth 1 0.5, depth 2 0.4 features per token).
+* ``tree1232``: another shape, ``branching = [12, 3, 2]``, L0 5; 1600 latents (expansion 25),
+  the tree 160 / 480 / 960.
 * ``synthetic``: the default two-level source (8 parents x 3 children, 64 independent), L0 4;
-  320 latents (expansion 5), the tree 80 / 240 with shares 5 : 1.
+  640 latents (expansion 10), the tree 160 / 480 with shares 0.83 : 0.17.
 * ``smollm2``: SmolLM2-135M ``model.layers.15`` on python-docs (the embedded default), the
   default budget, L0 40; 5760 latents (expansion 10; the tree's default 576 / 1728 / 3456;
   the dense HSAE its preset's 1152 / 1728 / 2304).
@@ -45,13 +48,18 @@ def widths(expansion: int, tree: list[float], shares: list[float] | None) -> lis
 
 COMPARISONS: dict[str, dict] = {
     "tree843": {
-        "args": ["--source", "synthetic", "--target-l0", "4", "--steps", "2000"],
-        "sets": ["data.synthetic.branching=[8,4,3]", *widths(21, [1.25, 5.0, 15.0], [0.73, 0.15, 0.12])],
+        "args": ["--source", "synthetic", "--target-l0", "4", "--steps", "4000"],
+        "sets": ["data.synthetic.branching=[8,4,3]", *widths(42, [2.5, 10.0, 30.0], [0.73, 0.15, 0.12])],
+        "columns": ["explained_variance", "l0", "tree_f1/", "tree_precision/", "tree_recall/", "consistency/", "absorption"],
+    },
+    "tree1232": {
+        "args": ["--source", "synthetic", "--target-l0", "5", "--steps", "4000"],
+        "sets": ["data.synthetic.branching=[12,3,2]", *widths(25, [2.5, 7.5, 15.0], [0.68, 0.18, 0.14])],
         "columns": ["explained_variance", "l0", "tree_f1/", "tree_precision/", "tree_recall/", "consistency/", "absorption"],
     },
     "synthetic": {
-        "args": ["--source", "synthetic", "--target-l0", "4", "--steps", "2000"],
-        "sets": widths(5, [1.25, 3.75], [5.0, 1.0]),
+        "args": ["--source", "synthetic", "--target-l0", "4", "--steps", "4000"],
+        "sets": widths(10, [2.5, 7.5], [0.83, 0.17]),
         "columns": ["explained_variance", "l0", "tree_f1/", "tree_precision/", "tree_recall/", "consistency/", "absorption"],
     },
     "smollm2": {

@@ -15,6 +15,7 @@ from saezoo.config import resolve_run
 from saezoo.curriculum import check_compatible
 from saezoo.errors import UsageError
 from saezoo.plugins import get_plugins
+from saezoo_hsae.placement import Placement
 from saezoo_hsae.sae import HSAE, DenseHSAE, HSAEConfig
 from saezoo_hsae.tree import TreeHSAE
 
@@ -158,3 +159,69 @@ def test_short_synthetic_run_reconstructs_and_uses_every_tier():
     assert ev > 0.8, ev
     assert parent_violations(sae, codes) == 0
     assert (codes[:, 24:] > 0).any(-1).float().mean() > 0.1  # children carry part of it
+
+
+# --- placement: fixed slots, learned placement --------------------------------------------
+
+
+def placed(widths: list[int], codes: torch.Tensor) -> tuple[TreeHSAE, torch.Tensor, int]:
+    """A tree SAE whose decoder rows are labelled (row j = j), after one regraft of ``codes``:
+    the SAE, the label now at each position, and the number of moves."""
+    sae = tree(8, widths, k=4)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.arange(sum(widths), dtype=torch.float).unsqueeze(1).expand(-1, 8))
+    placement = Placement(widths)
+    # Nothing left to reconstruct, unit decoder rows: a latent's use on a token is its value².
+    placement.record(codes, torch.zeros(len(codes), 8), torch.full((sum(widths), 8), 8**-0.5))
+    moves = placement.regraft(sae, share=0.5)
+    return sae, sae.W_dec[:, 0].long(), moves
+
+
+def test_a_latent_that_fires_inside_another_moves_under_it_with_its_children():
+    # widths 4 / 8 / 16: latent p of tier 1 owns tier-2 slots 4 + 2p, 5 + 2p; tier-2 slot q
+    # owns tier-3 slots 12 + 2(q - 4), ...
+    codes = torch.zeros(800, 28)
+    codes[:100, 0] = 1  # a root
+    codes[:30, 1] = 1  # fires only inside latent 0: a child of it left in tier 1
+    codes[:10, 6] = 1  # latent 1's own child (tier 2), inside it
+    codes[100:200, 2] = 1  # independent of everything
+    codes[:, 3] = 1  # fires everywhere: holds nothing, though everything fires inside it
+    sae, label, moves = placed([4, 8, 16], codes)
+    assert moves == 1
+    # Latent 1 took latent 0's first (least used) child slot, 4; what was there came up.
+    assert label[4] == 1 and label[1] == 4
+    # Its child followed it one tier down, into the first child slot of slot 4.
+    assert label[12] == 6 and label[6] == 12
+    unmoved = [i for i in range(28) if i not in (1, 4, 6, 12)]
+    assert label[unmoved].tolist() == unmoved
+
+
+def test_a_guest_child_moves_up_to_a_free_slot_of_tier_one():
+    # Latent 0 fires on tokens 100-199 only weakly, to let its child 4 fire there: the child is
+    # a guest (an independent feature hosted in a child slot), and goes to tier 1.
+    codes = torch.zeros(400, 12)
+    codes[:100, 0] = 1.0
+    codes[100:200, 0] = 0.1
+    codes[100:200, 4] = 1.0
+    codes[:50, 1] = 1.0  # another root, and its true child, which stays
+    codes[:50, 6] = 1.0
+    sae, label, moves = placed([4, 8], codes)
+    assert moves == 1
+    # The least used latent of tier 1 (2) and the guest swap places.
+    assert label[2] == 4 and label[4] == 2
+    unmoved = [i for i in range(12) if i not in (2, 4)]
+    assert label[unmoved].tolist() == unmoved
+
+
+def test_prefix_losses_are_the_errors_of_tier_one_and_of_tiers_one_and_two():
+    sae = tree(16, [16, 32, 64], k=6)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(3))
+    out = sae(x)
+    codes = out.codes
+    tier1 = codes[:, :16] @ sae.W_dec[:16] + sae.b_dec
+    tiers12 = tier1 + codes[:, 16:48] @ sae.W_dec[16:48]
+    expected = ((x - tier1) ** 2).sum(-1).mean() + ((x - tiers12) ** 2).sum(-1).mean()
+    torch.testing.assert_close(out.losses["prefix_mse"], expected, rtol=1e-5, atol=1e-5)
+    # They train the decoder rows of the tiers above the last (the selection has no gradient).
+    out.losses["prefix_mse"].backward()
+    assert sae.W_dec.grad[:48].abs().sum() > 0 and sae.W_dec.grad[48:].abs().sum() == 0

@@ -18,6 +18,16 @@ batch x k_i largest in training, a running threshold per tier in eval. Per-tier 
 every tier in use: with one budget for all tiers the unconstrained tier 1 took it all
 (SmolLM2, 80 steps: L0 42 / 5.5 / 0.6 of 48). A kept latent's value is its pre-activation
 (kept only when positive, so a child may stay silent).
+
+Two things make the tree the features' own rather than an arbitrary grouping (each one
+setting, so the ablation can turn it off):
+
+* prefix losses (``prefix_losses``): tier 1 alone, and tiers 1-2, also reconstruct the input,
+  as Matryoshka SAEs train their nested dictionaries, so a parent stands for all its
+  children's tokens and does not take in one child's direction;
+* placement (:mod:`saezoo_hsae.placement`, ``regraft_every``): the slots are fixed, but a
+  latent found firing inside another latent moves under it, and a child found to be a guest
+  of its parent (the parent fires there only to let it fire) moves up to tier 1.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from saezoo import SAEOutput
@@ -158,15 +169,29 @@ class TreeHSAE(HSAE, TopKFamilySAE):
         x_hat, codes, pre_of = self.reconstruct(x, self.k_for(knobs))
         losses = {"mse": squared_error(x, x_hat), "auxk": self.auxk_loss(x - x_hat, pre_of, dead_mask)}
         if self.cfg.prefix_losses and self.n_tiers > 1:
-            partial, start, errors = self.b_dec, 0, []
-            for width in self.tier_widths[:-1]:
-                partial = partial + codes[:, start : start + width] @ self.W_dec[start : start + width]
-                errors.append(squared_error(x, partial))
-                start += width
-            losses["prefix_mse"] = sum(errors, x.new_zeros(()))
+            losses["prefix_mse"] = self.prefix_error(x, codes)
         if self.training and self.cfg.regraft_every:
-            self.placement.record(codes.detach())
+            self.placement.record(codes.detach(), (x - x_hat).detach(), self.W_dec.detach())
         return SAEOutput(x_hat, codes, losses)
+
+    def prefix_error(self, x: Tensor, codes: Tensor) -> Tensor:
+        """The squared errors of tier 1 alone, tiers 1-2, ... (all but the whole), summed. The
+        codes are the selection's (no gradient), so these terms train the decoder rows: each
+        parent's row must reconstruct all its tokens without its children. Decoded sparsely,
+        from the kept entries only."""
+        batch = x.shape[0]
+        token, latent = codes[:, : self.width - self.tier_widths[-1]].nonzero(as_tuple=True)  # by token
+        value = codes[token, latent]
+        partial, start, errors = self.b_dec, 0, []
+        for width in self.tier_widths[:-1]:
+            inside = (latent >= start) & (latent < start + width)
+            offsets = torch.searchsorted(token[inside], torch.arange(batch, device=x.device))
+            partial = partial + F.embedding_bag(
+                latent[inside], self.W_dec, offsets, mode="sum", per_sample_weights=value[inside]
+            )
+            errors.append(squared_error(x, partial))
+            start += width
+        return sum(errors, x.new_zeros(()))
 
     @torch.no_grad()
     def reorganise(self, step: int, steps: int) -> None:
