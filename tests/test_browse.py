@@ -7,6 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -152,7 +157,7 @@ def site(tmp_path_factory):
     out = root / "site"
     proc = run_cli("browse", str(run), str(extra["permuted"]), "--tokens", "3000", "--out", str(out), "-q")
     assert proc.returncode == 0, proc.stderr
-    return {"out": out, **extra}
+    return {"out": out, "run": run, **extra}
 
 
 @pytest.mark.slow
@@ -240,3 +245,31 @@ def test_in_headless_chromium(site, tmp_path):
             browser.close()
     assert not errors, errors
     assert (tmp_path / "latent.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_serve_answers_on_localhost_and_stops_on_ctrl_c(site, tmp_path):
+    out = tmp_path / "served"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saezoo.cli", "browse", str(site["run"]), "--tokens", "300", "--out", str(out),
+         "--serve", "--port", "0", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stdout:  # the summary line, then the address
+            lines.append(line)
+            if line.startswith("serving on "):
+                break
+        else:
+            pytest.fail(f"no address printed: {lines} {proc.stderr.read()}")
+        url = line.split()[2]
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url + "index.html", timeout=30) as page:
+            assert page.read() == (out / "index.html").read_bytes()
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(url + "../../etc/passwd", timeout=30)  # nothing outside the site
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, proc.stderr.read()
