@@ -44,7 +44,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 import saezoo
-from saezoo import config as config_mod
+from saezoo.config.coerce import build as build_config
 from saezoo.errors import UsageError
 from saezoo.sae import SAE
 
@@ -390,7 +390,7 @@ def build_sae(architecture: str, d_in: int, sae_cfg: dict[str, Any] | Any) -> SA
     registry = get_plugins().architectures
     cls = registry.get(architecture)
     if isinstance(sae_cfg, dict):
-        sae_cfg = config_mod.build(cls.Config, sae_cfg, "sae")
+        sae_cfg = build_config(cls.Config, sae_cfg, "sae")
     try:
         return cls(d_in, sae_cfg)
     except ValueError as exc:

@@ -224,7 +224,7 @@ def train(
     """Train one SAE and print its held-out metrics."""
     from saezoo import checkpoint, distributed
     from saezoo.activations.factory import build_source
-    from saezoo.config import resolve_run, run_from_dict
+    from saezoo.config.resolve import resolve_run, run_from_dict
     from saezoo.train import resolve_device
     from saezoo.train import train as run_training
 
@@ -343,7 +343,7 @@ def eval_(
     directory: of the source given by --model/--hook/--dataset or --source; docs/interop.md)."""
     from saezoo import checkpoint, export
     from saezoo.activations.factory import build_source
-    from saezoo.config import run_from_dict
+    from saezoo.config.resolve import run_from_dict
     from saezoo.evaluate import check_absorption, full_evaluation
     from saezoo.train import nonfinite_result, resolve_device
 
@@ -654,7 +654,7 @@ def describe(
     from rich.console import Console
     from rich.table import Table
 
-    from saezoo.config import describe_fields
+    from saezoo.config.fields import describe_fields
     from saezoo.errors import unknown_name
     from saezoo.plugins import get_plugins
 

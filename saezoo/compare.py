@@ -22,7 +22,9 @@ import torch
 
 import saezoo
 from saezoo import catalog, checkpoint, plots
-from saezoo.config import RunConfig, merge, parse_set, read_toml, resolve_run
+from saezoo.config import RunConfig
+from saezoo.config.layers import merge, parse_set, read_toml
+from saezoo.config.resolve import resolve_run
 from saezoo.curriculum import check_compatible
 from saezoo.errors import UsageError, unknown_name
 from saezoo.evaluate import absorption_metrics, downstream_metrics, full_evaluation
