@@ -343,6 +343,23 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def refuse_occupied(out: Path) -> None:
+    """Refuse an ``--out`` that already holds a run: a cfg.json in it or in any directory below
+    it. One rule for ``train`` and ``compare``, so that neither writes its files beside or over
+    an earlier run's, whichever command wrote that (a comparison's runs lie in subdirectories).
+    Called under the directory's :func:`run_lock`: of two commands into one ``--out``, the
+    second refuses."""
+    for here, subdirs, files in os.walk(out):
+        if CFG_FILE in files:
+            found = Path(here)
+            if found == out:
+                raise UsageError(
+                    f"--out {out} already holds a run; resume it with --resume {out} or choose another --out"
+                )
+            raise UsageError(f"--out {out} already holds a run in {found.relative_to(out)}; choose another --out")
+        subdirs.sort()  # the same run named on every try
+
+
 # --- SAEs -------------------------------------------------------------------------------------
 
 

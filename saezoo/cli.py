@@ -190,12 +190,6 @@ def _removed_if_unused(out: Path) -> Iterator[None]:
         raise
 
 
-def _check_empty(out: Path) -> None:
-    """Refuse a directory that holds a run (checked under its lock: two runs cannot both pass)."""
-    if (out / "cfg.json").exists():
-        raise UsageError(f"--out {out} already holds a run; resume it with --resume {out} or choose another --out")
-
-
 @app.command()
 @stream_options
 def train(
@@ -270,7 +264,7 @@ def train(
         if distributed.is_main():  # rank 0 alone writes into the directory
             held.enter_context(checkpoint.run_lock(out_dir))
         if resume is None:
-            _check_empty(out_dir)
+            checkpoint.refuse_occupied(out_dir)
         distributed.barrier()  # every rank has checked --out before rank 0 writes into it
         src = build_source(
             run.data,
