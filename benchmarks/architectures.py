@@ -53,7 +53,7 @@ def build_trainee(arch: str, d_in: int, width: int, batch: int, lr: float, seed:
                   device: str = "cpu", autocast: str = "none", compile: bool = False):
     import torch
 
-    from saezoo.config import resolve_run
+    from saezoo.config.resolve import resolve_run
     from saezoo.train import Trainee
 
     run = resolve_run(

@@ -44,7 +44,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 import saezoo
-from saezoo import config as config_mod
+from saezoo.config.coerce import build as build_config
 from saezoo.errors import UsageError
 from saezoo.sae import SAE
 
@@ -343,6 +343,23 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def refuse_occupied(out: Path) -> None:
+    """Refuse an ``--out`` that already holds a run: a cfg.json in it or in any directory below
+    it. One rule for ``train`` and ``compare``, so that neither writes its files beside or over
+    an earlier run's, whichever command wrote that (a comparison's runs lie in subdirectories).
+    Called under the directory's :func:`run_lock`: of two commands into one ``--out``, the
+    second refuses."""
+    for here, subdirs, files in os.walk(out):
+        if CFG_FILE in files:
+            found = Path(here)
+            if found == out:
+                raise UsageError(
+                    f"--out {out} already holds a run; resume it with --resume {out} or choose another --out"
+                )
+            raise UsageError(f"--out {out} already holds a run in {found.relative_to(out)}; choose another --out")
+        subdirs.sort()  # the same run named on every try
+
+
 # --- SAEs -------------------------------------------------------------------------------------
 
 
@@ -390,7 +407,7 @@ def build_sae(architecture: str, d_in: int, sae_cfg: dict[str, Any] | Any) -> SA
     registry = get_plugins().architectures
     cls = registry.get(architecture)
     if isinstance(sae_cfg, dict):
-        sae_cfg = config_mod.build(cls.Config, sae_cfg, "sae")
+        sae_cfg = build_config(cls.Config, sae_cfg, "sae")
     try:
         return cls(d_in, sae_cfg)
     except ValueError as exc:

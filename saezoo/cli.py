@@ -190,12 +190,6 @@ def _removed_if_unused(out: Path) -> Iterator[None]:
         raise
 
 
-def _check_empty(out: Path) -> None:
-    """Refuse a directory that holds a run (checked under its lock: two runs cannot both pass)."""
-    if (out / "cfg.json").exists():
-        raise UsageError(f"--out {out} already holds a run; resume it with --resume {out} or choose another --out")
-
-
 @app.command()
 @stream_options
 def train(
@@ -224,7 +218,7 @@ def train(
     """Train one SAE and print its held-out metrics."""
     from saezoo import checkpoint, distributed
     from saezoo.activations.factory import build_source
-    from saezoo.config import resolve_run, run_from_dict
+    from saezoo.config.resolve import resolve_run, run_from_dict
     from saezoo.train import resolve_device
     from saezoo.train import train as run_training
 
@@ -270,7 +264,7 @@ def train(
         if distributed.is_main():  # rank 0 alone writes into the directory
             held.enter_context(checkpoint.run_lock(out_dir))
         if resume is None:
-            _check_empty(out_dir)
+            checkpoint.refuse_occupied(out_dir)
         distributed.barrier()  # every rank has checked --out before rank 0 writes into it
         src = build_source(
             run.data,
@@ -343,7 +337,7 @@ def eval_(
     directory: of the source given by --model/--hook/--dataset or --source; docs/interop.md)."""
     from saezoo import checkpoint, export
     from saezoo.activations.factory import build_source
-    from saezoo.config import run_from_dict
+    from saezoo.config.resolve import run_from_dict
     from saezoo.evaluate import check_absorption, full_evaluation
     from saezoo.train import nonfinite_result, resolve_device
 
@@ -654,7 +648,7 @@ def describe(
     from rich.console import Console
     from rich.table import Table
 
-    from saezoo.config import describe_fields
+    from saezoo.config.fields import describe_fields
     from saezoo.errors import unknown_name
     from saezoo.plugins import get_plugins
 

@@ -22,7 +22,9 @@ import torch
 
 import saezoo
 from saezoo import catalog, checkpoint, plots
-from saezoo.config import RunConfig, merge, parse_set, read_toml, resolve_run
+from saezoo.config import RunConfig
+from saezoo.config.layers import merge, parse_set, read_toml
+from saezoo.config.resolve import resolve_run
 from saezoo.curriculum import check_compatible
 from saezoo.errors import UsageError, unknown_name
 from saezoo.evaluate import absorption_metrics, downstream_metrics, full_evaluation
@@ -301,9 +303,7 @@ def run_compare(
     out.mkdir(parents=True, exist_ok=True)
     # Checked and trained under the lock: of two compares into one --out, the second refuses.
     with checkpoint.run_lock(out):
-        for *_, d in trainees:
-            if (d / checkpoint.CFG_FILE).exists():
-                raise UsageError(f"--out {out} already holds a comparison ({d.relative_to(out)}); choose another --out")
+        checkpoint.refuse_occupied(out)
         # The variants' spliced CE/KL come from one shared set of runs below, not from each run's final evaluation.
         train_many(
             [run for _, _, run, _ in trainees], [d for *_, d in trainees], source, progress=progress, downstream=False

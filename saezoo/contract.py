@@ -37,7 +37,7 @@ def sample() -> torch.Tensor:
 
 def config(name: str) -> None:
     """The Config is a dataclass whose every field has a default and a docstring (its help)."""
-    from saezoo.config import field_docs
+    from saezoo.config.fields import field_docs
     from saezoo.plugins import get_plugins
 
     cls = get_plugins().architectures.get(name)
@@ -123,7 +123,7 @@ def structural_tree(name: str) -> None:
 
 def l0_control(name: str) -> None:
     """``l0_control(cfg, target)`` gives settings that apply to this architecture."""
-    from saezoo.config import resolve_run
+    from saezoo.config.resolve import resolve_run
     from saezoo.plugins import get_plugins
 
     cls = get_plugins().architectures.get(name)

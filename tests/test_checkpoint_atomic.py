@@ -203,3 +203,21 @@ def test_sigterm_stops_any_command_with_exit_130(reference):
     line = one_line(drive("eval", 0, "eval", str(reference)), 130)
     assert line == "saezoo: interrupted by SIGINT or SIGTERM"
     assert (reference / ckpt.METRICS_FILE).read_bytes() == before
+
+
+def test_an_out_holding_a_run_anywhere_is_refused(tmp_path):
+    """train and compare share one rule: no cfg.json in --out or in any directory below it."""
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    (out / ckpt.LOCK_FILE).write_text("")
+    (out / "notes" / "plan.txt").write_text("other files are no run")
+    ckpt.refuse_occupied(out)  # nothing refused
+    (out / "cmp" / "flat" / "seed-1").mkdir(parents=True)
+    (out / "cmp" / "flat" / "seed-1" / ckpt.CFG_FILE).write_text("{}")
+    with pytest.raises(ckpt.UsageError) as below:
+        ckpt.refuse_occupied(out)
+    assert str(below.value) == f"--out {out} already holds a run in cmp/flat/seed-1; choose another --out"
+    (out / ckpt.CFG_FILE).write_text("{}")
+    with pytest.raises(ckpt.UsageError) as here:
+        ckpt.refuse_occupied(out)
+    assert str(here.value) == f"--out {out} already holds a run; resume it with --resume {out} or choose another --out"

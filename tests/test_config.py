@@ -6,7 +6,11 @@ from typing import Literal, Optional
 
 import pytest
 
-from saezoo.config import TrainConfig, coerce, field_docs, parse_set, resolve_run
+from saezoo.config import TrainConfig
+from saezoo.config.coerce import coerce
+from saezoo.config.fields import field_docs
+from saezoo.config.layers import parse_set
+from saezoo.config.resolve import resolve_run
 from saezoo.errors import UsageError
 
 
@@ -92,7 +96,7 @@ def test_non_finite_numbers_are_refused_in_files_and_curricula(tmp_path):
 
 
 def test_a_section_that_is_not_a_table_is_refused():
-    from saezoo.config import run_from_dict
+    from saezoo.config.resolve import run_from_dict
 
     data = resolve_run("flat").to_dict()
     with pytest.raises(UsageError, match="^train: expected a table of settings, got str 'fast'"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from saezoo import checkpoint, contract
-from saezoo.config import build as build_config
+from saezoo.config.coerce import build as build_config
 from saezoo.plugins import get_plugins
 
 D_IN = 16

@@ -13,7 +13,8 @@ import torch
 import saezoo_curricula
 from saezoo import SAE, UsageError, hookspecs
 from saezoo.activations.factory import build_source
-from saezoo.config import field_docs, resolve_run
+from saezoo.config.fields import field_docs
+from saezoo.config.resolve import resolve_run
 from saezoo.curriculum import check_compatible
 from saezoo.plugins import Plugins
 from saezoo.train import train

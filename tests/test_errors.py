@@ -177,6 +177,9 @@ def case(env, row: str):
         return ["train", "flat", *SYN, "--out", "/etc/hostname/run"], {}, ["/etc/hostname/run", "cannot create"]
     if row == "out-has-run":
         return ["train", "flat", *SYN, "--out", str(env["run"])], {}, ["already holds a run", "--resume"]
+    if row == "out-has-run-below":
+        copy_run(env, "cmp-done/flat")  # what a finished comparison leaves (its report aside)
+        return ["compare", "flat", "topk", *SYN, "--out", str(r / "cmp-done")], {}, ["already holds a run in flat;"]
     if row == "disk-full":
         return ["train", "flat", *SYN, "--out", str(r / "full")], {"_FSIZE": "1"}, ["no space left", "cannot write"]
     if row == "missing-run":

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from saezoo.activations.synthetic import SyntheticConfig, SyntheticSource
 from saezoo.compare import _matched_l0
-from saezoo.config import resolve_run
+from saezoo.config.resolve import resolve_run
 from saezoo.curriculum import check_compatible
 from saezoo.errors import UsageError
 from saezoo.plugins import get_plugins

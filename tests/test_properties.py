@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saezoo import evaluate as ev
-from saezoo.config import coerce, parse_set
+from saezoo.config.coerce import coerce
+from saezoo.config.layers import parse_set
 from saezoo.errors import UsageError
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=32, min_value=-1e6, max_value=1e6)

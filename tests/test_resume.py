@@ -100,7 +100,7 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, monkeypatch):
     import torch
 
     from saezoo.activations.synthetic import SyntheticConfig, SyntheticSource
-    from saezoo.config import resolve_run
+    from saezoo.config.resolve import resolve_run
     from saezoo.train import Interrupted, Trainee, train_many
 
     steps, stop_at, batch_size = 12, 5, 256

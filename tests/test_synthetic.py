@@ -10,7 +10,7 @@ import torch
 
 from saezoo.activations import SyntheticConfig, SyntheticSource
 from saezoo.activations.factory import build_source
-from saezoo.config import resolve_run
+from saezoo.config.resolve import resolve_run
 from saezoo.errors import UsageError
 
 SHAPES = [[8, 4, 3], [2, 3, 2, 2], [5], [3, 1, 4]]

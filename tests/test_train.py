@@ -43,7 +43,7 @@ def test_compiled_forward_trains_like_eager(tmp_path):
     import torch._dynamo
 
     from saezoo.activations.synthetic import SyntheticConfig, SyntheticSource
-    from saezoo.config import resolve_run
+    from saezoo.config.resolve import resolve_run
     from saezoo.train import Trainee
 
     source = SyntheticSource(SyntheticConfig())

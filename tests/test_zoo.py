@@ -416,7 +416,7 @@ def test_each_variant_learns_the_synthetic_features(cls, overrides, knobs, steps
 def test_flat_decoder_bias_starts_at_the_mean_or_at_zero():
     from saezoo_flat.sae import FlatConfig, FlatSAE
 
-    from saezoo.config import resolve_run
+    from saezoo.config.resolve import resolve_run
     from saezoo.errors import UsageError
 
     sample = torch.randn(256, 8) + 3.0

@@ -84,7 +84,7 @@ def _saezoo(arch: str, s: Settings, sample: Tensor, sae_options: dict[str, Any],
     tokens (normalisation scale, data-dependent init, step-0 checkpoint, TensorBoard
     writer; scalars are logged every ``log_every`` = 10 steps as in a real run).
     ``autocast="bf16"``: the SAE's forward under ``torch.autocast`` (``train.autocast``)."""
-    from saezoo.config import resolve_run
+    from saezoo.config.resolve import resolve_run
     from saezoo.evaluate import evaluate_sae
     from saezoo.train import Trainee
 

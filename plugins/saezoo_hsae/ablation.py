@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from saezoo.activations.factory import build_source
-from saezoo.config import merge, resolve_run
+from saezoo.config.layers import merge
+from saezoo.config.resolve import resolve_run
 from saezoo.errors import TrainingDiverged
 from saezoo.sae import group_slices
 from saezoo.train import INIT_TOKENS, Trainee

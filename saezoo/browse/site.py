@@ -31,7 +31,7 @@ from saezoo.activations.model import hooked_activations
 from saezoo.browse import features
 from saezoo.browse.load import Target, check_same_source
 from saezoo.browse.stats import BEFORE, WINDOW, LatentStats, bin_edges
-from saezoo.config import run_from_dict
+from saezoo.config.resolve import run_from_dict
 from saezoo.errors import UsageError
 from saezoo.hierarchy import INFERRED_PARENT_SHARE, Cofiring
 

@@ -13,7 +13,7 @@ import torch
 from saezoo_example.sae import TiedConfig, TiedSAE
 
 from saezoo import checkpoint, plugins
-from saezoo.config import field_docs
+from saezoo.config.fields import field_docs
 
 NAME = "example-tied"
 D_IN = 16
@@ -138,7 +138,7 @@ def test_exports_to_saelens_and_loads_back(x, tmp_path):
 def test_trains_on_synthetic_features(tmp_path):
     """A short run through saezoo's own trainer learns a sparse code that explains the data."""
     from saezoo.activations.factory import build_source
-    from saezoo.config import resolve_run
+    from saezoo.config.resolve import resolve_run
     from saezoo.train import train
 
     sets = ["train.batch_size=1024", "train.eval_tokens=4096", "train.eval_every=0", "train.warmup_steps=10"]
