@@ -406,3 +406,11 @@ def test_every_key_is_documented():
     for key in m:
         generic = re.sub(r"depth\d+$", "depth<d>", key.replace("tier2", "<g>"))
         assert f"`{generic}`" in doc, generic
+
+
+def test_a_record_holds_no_autograd_graph():
+    # Codes straight from a training forward carry the SAE's graph; a record that kept it
+    # would keep every activation of that forward alive for as long as the metrics run.
+    codes = torch.relu(torch.randn(8, 5, requires_grad=True))
+    record = h.CodeRecord.from_codes(codes)
+    assert not record.value.requires_grad and record.value.grad_fn is None
