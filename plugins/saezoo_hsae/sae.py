@@ -69,7 +69,9 @@ class HSAEConfig:
     """tree: every this many steps, a latent that fires mostly inside another latent of its own
     tier (on at least regraft_share of its tokens) moves, with the latents below it, under
     that latent, into its least used child slot: fixed slots, learned placement. 0: never.
-    A resumed run is exact when this is a multiple of train.checkpoint_every."""
+    The counts of a window are not checkpointed: a run resumed from a checkpoint inside a
+    window decides that window's moves on its second part only (exact when
+    train.checkpoint_every is a multiple of this)."""
     regraft_share: float = 0.5
     """tree: share of a latent's firing during which the other latent must fire for it to
     move (the hierarchy metrics' inferred-parent threshold)."""
