@@ -161,7 +161,11 @@ class Placement:
         free = top[self.fires[top].argsort()].tolist()
         moved = 0
         for c in guest.nonzero().flatten().tolist():
-            if c in self.touched or not free or self.fires[free[0]] * 2 >= self.fires[c] or free[0] in self.touched:
+            if {c, int(self.parents[c])} & self.touched:
+                continue  # it or its parent moved earlier in this round: the counts are of old places
+            while free and free[0] in self.touched:
+                free.pop(0)
+            if not free or self.fires[free[0]] * 2 >= self.fires[c]:
                 continue
             self.move(sae, self.tier_of(c), c, 0, free.pop(0))
             moved += 1
