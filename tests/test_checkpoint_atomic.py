@@ -221,3 +221,12 @@ def test_an_out_holding_a_run_anywhere_is_refused(tmp_path):
     with pytest.raises(ckpt.UsageError) as here:
         ckpt.refuse_occupied(out)
     assert str(here.value) == f"--out {out} already holds a run; resume it with --resume {out} or choose another --out"
+
+
+@pytest.mark.parametrize("d_in", [0, -3, 2.5, "64"])
+def test_a_cfg_with_no_positive_integer_d_in_is_refused_before_building(tmp_path, d_in):
+    from saezoo.errors import UsageError
+
+    ckpt.write_json(tmp_path / ckpt.CFG_FILE, ckpt.run_header("flat", 8, {"sae": {}}, {}) | {"d_in": d_in})
+    with pytest.raises(UsageError, match="d_in must be a positive integer"):
+        ckpt.load_sae(tmp_path)
