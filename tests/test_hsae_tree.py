@@ -170,7 +170,7 @@ def placed(widths: list[int], codes: torch.Tensor) -> tuple[TreeHSAE, torch.Tens
     sae = tree(8, widths, k=4)
     with torch.no_grad():
         sae.W_dec.copy_(torch.arange(sum(widths), dtype=torch.float).unsqueeze(1).expand(-1, 8))
-    placement = Placement(widths)
+    placement = Placement(widths, sae.latent_parents())
     # Nothing left to reconstruct, unit decoder rows: a latent's use on a token is its value².
     placement.record(codes, torch.zeros(len(codes), 8), torch.full((sum(widths), 8), 8**-0.5))
     moves = placement.regraft(sae, share=0.5)

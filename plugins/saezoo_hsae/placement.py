@@ -41,16 +41,13 @@ GUEST_BELOW = 0.6
 class Placement:
     """Firing statistics over the current window, and the moves they call for."""
 
-    def __init__(self, tier_widths: list[int]):
+    def __init__(self, tier_widths: list[int], parents: Tensor):
+        """``parents``: the fixed tree, ``SAE.latent_parents()`` of the tree-gated HSAE."""
         self.widths = tier_widths
         self.starts = [sum(tier_widths[:i]) for i in range(len(tier_widths))]
         self.ratios = [b // a for a, b in zip(tier_widths, tier_widths[1:])]
         width = sum(tier_widths)
-        self.parents = torch.full((width,), -1, dtype=torch.long)
-        for tier, ratio in enumerate(self.ratios):
-            self.parents[self.starts[tier + 1] : self.starts[tier + 1] + tier_widths[tier + 1]] = (
-                self.starts[tier] + torch.arange(tier_widths[tier + 1]) // ratio
-            )
+        self.parents = parents.clone()
         # A latent of tier i may belong under a latent of tier i or, if that tier is not the
         # last but one, of tier i + 1 (a grandchild left in tier 1 next to its parent, whose
         # own parent has moved to tier 2): those are the holders counted for it.
@@ -82,11 +79,12 @@ class Placement:
         on = codes > 0
         self.tokens += codes.shape[0]
         self.fires += on.sum(0)
-        token, latent = on.nonzero(as_tuple=True)
+        # Use is read only of parents: the last tier has no children.
+        token, latent = on[:, : self.starts[-1]].nonzero(as_tuple=True)
         value = codes[token, latent]
         self.use.index_add_(0, latent, use(value, decoder[latent], residual[token]))
-        child = self.parents[latent] >= 0
-        token, latent = token[child], latent[child]
+        token, latent = on[:, self.starts[1] :].nonzero(as_tuple=True)
+        latent = latent + self.starts[1]
         parent = self.parents[latent]
         value = codes[token, parent]
         self.parent_use.index_add_(0, latent, use(value, decoder[parent], residual[token]))

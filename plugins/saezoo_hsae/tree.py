@@ -56,7 +56,9 @@ class TreeHSAE(HSAE, TopKFamilySAE):
         self.tier_widths = tier_widths(d_in, cfg)
         self.register_buffer("thresholds", torch.zeros(self.n_tiers))
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
-        self.placement = Placement(self.tier_widths)
+        self.placement = Placement(self.tier_widths, self.latent_parents())
+        # Whether the current window's counts can still lead to moves (see reorganise).
+        self.placing = cfg.regraft_every > 0 and self.n_tiers > 1
         self.moves_made = 0
 
     @property
@@ -166,13 +168,12 @@ class TreeHSAE(HSAE, TopKFamilySAE):
         return out
 
     def forward(self, x: Tensor, knobs: dict[str, float] | None = None, dead_mask: Tensor | None = None) -> SAEOutput:
-        x_hat, codes, pre_of = self.reconstruct(x, self.k_for(knobs))
-        losses = {"mse": squared_error(x, x_hat), "auxk": self.auxk_loss(x - x_hat, pre_of, dead_mask)}
+        out = super().forward(x, knobs, dead_mask)
         if self.cfg.prefix_losses and self.n_tiers > 1:
-            losses["prefix_mse"] = self.prefix_error(x, codes)
-        if self.training and self.cfg.regraft_every:
-            self.placement.record(codes.detach(), (x - x_hat).detach(), self.W_dec.detach())
-        return SAEOutput(x_hat, codes, losses)
+            out.losses["prefix_mse"] = self.prefix_error(x, out.codes)
+        if self.training and self.placing:
+            self.placement.record(out.codes.detach(), (x - out.x_hat).detach(), self.W_dec.detach())
+        return out
 
     def prefix_error(self, x: Tensor, codes: Tensor) -> Tensor:
         """The squared errors of tier 1 alone, tiers 1-2, ... (all but the whole), summed. The
@@ -196,11 +197,15 @@ class TreeHSAE(HSAE, TopKFamilySAE):
     @torch.no_grad()
     def reorganise(self, step: int, steps: int) -> None:
         every = self.cfg.regraft_every
-        if not every or step % every:
+        if not self.placing or step % every:
             return
-        if step <= self.cfg.regraft_until * steps:
+        until = self.cfg.regraft_until * steps
+        if step <= until:
             self.moves_made = self.placement.regraft(self, self.cfg.regraft_share)
         self.placement.reset()
+        # Counting stops after the last window that can move a latent: the training steps
+        # after it do not pay for it.
+        self.placing = step + every <= until
 
     def reconstruct(self, x: Tensor, k: int) -> tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
         x_hat, codes, pre_of = super().reconstruct(x, k)
