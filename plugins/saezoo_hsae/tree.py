@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saezoo import SAEOutput
-from saezoo_hsae.placement import Placement
+from saezoo_hsae.placement import SAMPLE_TOKENS, Placement
 from saezoo_hsae.sae import HSAE, HSAEConfig, tier_widths
 from saezoo_topk.fused import Selection
 from saezoo_topk.sae import TopKFamilySAE, by_token, largest_entries, squared_error
@@ -117,15 +117,19 @@ class TreeHSAE(HSAE, TopKFamilySAE):
             for tier, (tier_width, budget) in enumerate(zip(self.tier_widths, budgets)):
                 block = pre[:, start : start + tier_width]
                 if fires is None:
-                    candidates, which = block, None
+                    token, local, value = self._keep(block, budget, tier, by_threshold)
                 else:
+                    # Each firing parent's best child: the max over its block of children
+                    # (amax: a max that also returned indices costs 4x more over so short a
+                    # dimension), then which child it was, for the kept parents only.
                     ratio = tier_width // fires.shape[1]
-                    best, which = block.view(batch, -1, ratio).max(-1)
-                    candidates = best.masked_fill(~fires, float("-inf"))
-                token, column, value = self._keep(candidates, budget, tier, by_threshold)
-                local = column if which is None else column * ratio + which[token, column]
-                fires = torch.zeros(batch, tier_width, dtype=torch.bool, device=pre.device)
-                fires[token, local] = True
+                    best = block.unflatten(1, (-1, ratio)).amax(-1)
+                    token, column, value = self._keep(best.masked_fill(~fires, float("-inf")), budget, tier, by_threshold)
+                    siblings = column.unsqueeze(1) * ratio + torch.arange(ratio, device=pre.device)
+                    local = column * ratio + block[token.unsqueeze(1), siblings].argmax(1)
+                if tier + 1 < len(self.tier_widths):
+                    fires = torch.zeros(batch, tier_width, dtype=torch.bool, device=pre.device)
+                    fires[token, local] = True
                 tokens.append(token)
                 latents.append(start + local)
                 values.append(value)
@@ -172,7 +176,8 @@ class TreeHSAE(HSAE, TopKFamilySAE):
         if self.cfg.prefix_losses and self.n_tiers > 1:
             out.losses["prefix_mse"] = self.prefix_error(x, out.codes)
         if self.training and self.placing:
-            self.placement.record(out.codes.detach(), (x - out.x_hat).detach(), self.W_dec.detach())
+            n = SAMPLE_TOKENS
+            self.placement.record(out.codes[:n].detach(), (x[:n] - out.x_hat[:n]).detach(), self.W_dec.detach())
         return out
 
     def prefix_error(self, x: Tensor, codes: Tensor) -> Tensor:
