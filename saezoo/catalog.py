@@ -168,9 +168,9 @@ def file_sha256(path: Path) -> str:
 
 
 def locate_weights(entry: Entry, fetch: bool = True) -> Path:
-    """The entry's weights, checked: the copy on this machine (see ``_weights_here``), else
+    """The entry's weights, checked: the copy on this machine (see ``weights_here``), else
     (``fetch``) a download from the manifest's url."""
-    here = _weights_here(entry)
+    here = weights_here(entry)
     if here is not None:
         return here
     if fetch and entry.weights_url:
@@ -182,7 +182,7 @@ def locate_weights(entry: Entry, fetch: bool = True) -> Path:
     )
 
 
-def _weights_here(entry: Entry) -> Path | None:
+def weights_here(entry: Entry) -> Path | None:
     """A local copy of the published file (registry/weights/), else the hub cache's copy,
     else the copy ``reproduce`` rebuilt; None when there is none. A copy whose sha256
     differs is refused (and removed when it is the cache's)."""
@@ -221,7 +221,7 @@ def pull(entry: Entry) -> Path:
 
 def weights_status(entry: Entry) -> str:
     """One line on where the entry's weights are, without fetching them (``registry show``)."""
-    path = _weights_here(entry)
+    path = weights_here(entry)
     if path is None:
         pull = f"saezoo registry pull {entry.name} fetches them, or " if entry.weights_url else ""
         return f"weights: not on this machine; {pull}saezoo registry reproduce {entry.name} rebuilds them"

@@ -9,6 +9,7 @@ module finds, fetches and, when the check fails, removes it.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,15 +49,20 @@ def download(url: str, name: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     f = parse_url(url)
+    client_log = logging.getLogger("huggingface_hub")
+    level = client_log.level
+    client_log.setLevel(logging.ERROR)  # its retries warn one line each; the error below says it once
     try:
         return Path(hf_hub_download(f.repo_id, f.filename, revision=f.revision))
     except (OSError, ValueError) as exc:  # the client's HTTP, offline and not-found errors are OSErrors
-        reason = " ".join(str(exc).split())
-        reason = reason if len(reason) <= 200 else reason[:200] + "..."
+        reason = " ".join(str(exc).split()).split(". ")[0]
+        reason = reason if len(reason) <= 160 else reason[:160] + "..."
         raise UsageError(
             f"registry entry {name!r}: cannot fetch {url} ({type(exc).__name__}: {reason}); with no copy reachable, "
             f"rebuild it: saezoo registry reproduce {name}"
         ) from None
+    finally:
+        client_log.setLevel(level)
 
 
 def remove(path: Path) -> None:
