@@ -405,6 +405,7 @@ class Reproduction:
     rows: list[tuple[str, float, float, float, str, bool]]  # see catalog.check_reproduction
     ok: bool
     installed: Path | None
+    identical: bool | None = None  # the very tensors published (None: the manifest records no tensor digest)
 
 
 def reproduce(name: str, out: str | Path | None = None, progress: bool = False) -> Reproduction:
@@ -412,7 +413,7 @@ def reproduce(name: str, out: str | Path | None = None, progress: bool = False) 
     check the final metrics against its [metrics] within ``catalog.REPRODUCE_TOLERANCE``
     (``saezoo registry reproduce``). Within tolerance, the weights become the entry's
     rebuilt copy, which ``load(name)`` uses when the published file is not on this machine."""
-    from saezoo import catalog
+    from saezoo import catalog, checkpoint
 
     entry = catalog.get_entry(name)
     recipe = catalog.recipe(entry)
@@ -429,5 +430,8 @@ def reproduce(name: str, out: str | Path | None = None, progress: bool = False) 
     )
     rows, ok = catalog.check_reproduction(entry, run.metrics)
     installed = catalog.install_rebuilt(entry, run.path) if ok else None
-    return Reproduction(name, run, rows, ok, installed)
+    identical = None
+    if entry.tensors_sha256:
+        identical = checkpoint.load_tensors(run.path / checkpoint.WEIGHTS_FILE)[1]["sha256"] == entry.tensors_sha256
+    return Reproduction(name, run, rows, ok, installed, identical)
 

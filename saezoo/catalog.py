@@ -54,6 +54,7 @@ class Entry:
     weights_path: str
     weights_sha256: str
     weights_url: str
+    tensors_sha256: str
     training: dict[str, Any]
     metrics: dict[str, float]
     description: str
@@ -118,8 +119,9 @@ def read_manifest(path: Path) -> Entry:
         isinstance(weights.get(k, ""), str) for k in ("path", "url")
     ):
         raise _invalid(path, "[weights] needs a sha256, and path and url are strings")
-    if not re.fullmatch(r"[0-9a-f]{64}", weights["sha256"]):
-        raise _invalid(path, "[weights] sha256 must be 64 lowercase hex digits")
+    for key in ("sha256", "tensors_sha256"):
+        if key in weights and not re.fullmatch(r"[0-9a-f]{64}", str(weights[key])):
+            raise _invalid(path, f"[weights] {key} must be 64 lowercase hex digits")
     if weights.get("url"):
         try:
             hub.parse_url(weights["url"])
@@ -138,6 +140,7 @@ def read_manifest(path: Path) -> Entry:
         weights_path=weights.get("path") or f"weights/{raw['name']}.safetensors",
         weights_sha256=weights["sha256"],
         weights_url=weights.get("url", ""),
+        tensors_sha256=weights.get("tensors_sha256", ""),
         training=raw.get("training", {}),
         metrics={k: float(v) for k, v in metrics.items()},
         description=raw.get("description", ""),
@@ -349,7 +352,14 @@ def register_run(
         "created": time.strftime("%Y-%m-%d"),
         "config": header["sae"],
         "data": {k: v for k, v in data.items() if v is not None},
-        "weights": {"path": f"weights/{name}.safetensors", "sha256": file_sha256(weights)},
+        "weights": {
+            "path": f"weights/{name}.safetensors",
+            "sha256": file_sha256(weights),
+            # The file's sha256 differs between two writes of the same tensors (safetensors
+            # orders its metadata as it likes); this one tells `reproduce` whether it rebuilt
+            # the very same tensors.
+            "tensors_sha256": ckpt.load_tensors(weights)[1]["sha256"],
+        },
         "training": {
             "curriculum": header.get("curriculum_name", ""),
             "curriculum_config": header.get("curriculum") or {},

@@ -98,8 +98,8 @@ class StreamOptions:
     config: Optional[Path] = None
 
     def settings(self) -> dict[str, Any]:
-        """The keyword settings of ``saezoo.api`` these options give (``config`` apart)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "config"}
+        """These options as the keywords of ``saezoo.api.train`` and ``compare``."""
+        return dataclasses.asdict(self)
 
 
 STREAM_OPTIONS = {
@@ -165,20 +165,17 @@ def train(
     """Train one SAE and print its held-out metrics."""
     from saezoo import api, distributed
 
-    settings = stream.settings()
     run = api.train(
         architecture,
         preset=preset,
         curriculum=curriculum,
-        config=stream.config,
-        tokens=settings.pop("tokens"),
         sets=set_ or [],
         out=out,
         resume=resume,
         register=register,
         force=force,
         progress=not quiet,
-        **settings,
+        **stream.settings(),
     )
     if not distributed.is_main():
         return
@@ -305,18 +302,15 @@ def compare(
     from saezoo import api
     from saezoo.compare import print_table
 
-    settings = stream.settings()
     comparison = api.compare(
         *specs,
         curriculum=curriculum,
         target_l0=target_l0,
         seeds=seeds,
-        config=stream.config,
-        tokens=settings.pop("tokens"),
         sets=set_ or [],
         out=out,
         progress=not quiet,
-        **settings,
+        **stream.settings(),
     )
     print_table(comparison.report)
     typer.echo(f"report: {comparison.out / 'report.md'}")
@@ -438,7 +432,8 @@ def registry_reproduce(
     if result.installed is None:
         typer.echo(f"{name}: not reproduced within tolerance; the run is in {result.run.path}, nothing was installed")
         raise typer.Exit(1)
-    typer.echo(f"{name}: reproduced; rebuilt weights: {result.installed}")
+    same = {True: "; the same tensors as the published file", False: "; other tensors than the published file's"}
+    typer.echo(f"{name}: reproduced{same.get(result.identical, '')}; rebuilt weights: {result.installed}")
 
 
 cache_app = typer.Typer(help="The activation cache.", no_args_is_help=True)

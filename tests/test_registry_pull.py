@@ -4,6 +4,7 @@ entries rebuilt by `saezoo registry reproduce`; list and show from the manifests
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -130,7 +131,9 @@ def test_reproduce_rebuilds_the_synthetic_entry(tmp_path):
     proc = run_cli("registry", "reproduce", "synthetic-topk", "--out", str(tmp_path / "rep"), "-q", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rebuilt = registry / "weights" / "synthetic-topk.rebuilt.safetensors"
-    assert f"synthetic-topk: reproduced; rebuilt weights: {rebuilt}" in proc.stdout
+    # On the CPU that made the entry the tensors come out the same; on another, summation order may differ.
+    same = re.search(r"synthetic-topk: reproduced; (the same|other) tensors .*; rebuilt weights: (.*)$", proc.stdout, re.M)
+    assert same and same[2] == str(rebuilt), proc.stdout
     assert "NO" not in proc.stdout and "explained_vari" in proc.stdout
     show = run_cli("registry", "show", "synthetic-topk", env=env)
     assert f"weights: {rebuilt} (rebuilt by saezoo registry reproduce" in show.stdout
