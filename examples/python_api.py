@@ -1,6 +1,6 @@
 """saezoo from Python (docs/python.md): train a small SAE on the synthetic source, load it
 back by path and by registry name, encode and decode, evaluate it, and compare it with a
-flat SAE trained on the same stream. About 20 seconds on one core.
+flat SAE trained on the same stream. About 12 CPU-seconds (43 s wall on a loaded 2-core machine).
 
     python examples/python_api.py [WORK_DIR]
 """

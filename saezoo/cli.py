@@ -189,8 +189,8 @@ def eval_(
     run_dir: Annotated[
         Path,
         typer.Argument(
-            help="A run directory written by `saezoo train`, or a SAELens directory (cfg.json + "
-                "sae_weights.safetensors)."
+            help="A run directory written by `saezoo train`, a SAELens directory (cfg.json + "
+                "sae_weights.safetensors) or a registry entry name."
         ),
     ],
     tokens: Annotated[
