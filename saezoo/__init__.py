@@ -61,6 +61,5 @@ def __getattr__(name):
 
 
 sys.modules[__name__].__class__ = _Package
-for _name in _MODULE_AND_FUNCTION:  # those some import above has bound already
-    if isinstance(sys.modules[__name__].__dict__.get(_name), types.ModuleType):
-        sys.modules[__name__].__dict__[_name].__class__ = _CallableModule
+for _module in [m for name, m in list(globals().items()) if name in _MODULE_AND_FUNCTION]:
+    _module.__class__ = _CallableModule  # bound by an import above, before the package's class changed

@@ -156,3 +156,14 @@ def test_reproduction_check(tmp_path, monkeypatch):
         rows, ok = catalog.check_reproduction(entry, {**recorded, **far})
         assert not ok and [r[5] for r in rows].count(False) == 1, far
     assert not catalog.check_reproduction(entry, {})[1]
+
+
+def test_weights_url():
+    from saezoo.errors import UsageError
+    from saezoo.hub import HubFile, parse_url
+
+    assert parse_url("hf://saezoo/registry/smollm2-flat.safetensors") == HubFile("saezoo/registry", "smollm2-flat.safetensors", "main")
+    assert parse_url("hf://o/r@v1.0/sub/w.safetensors") == HubFile("o/r", "sub/w.safetensors", "v1.0")
+    for bad in ("https://huggingface.co/o/r/w.safetensors", "hf://o/w.safetensors", "hf://o/r/../w.safetensors", "hf://o/r/"):
+        with pytest.raises(UsageError, match="expected hf://OWNER/REPO"):
+            parse_url(bad)
