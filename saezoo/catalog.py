@@ -1,9 +1,12 @@
 """The registry: one TOML manifest per trained SAE, in ``registry/``.
 
-A manifest names the architecture, preset and config, the data it was trained on, where
-its weights are with their sha256, and the metrics ``saezoo eval`` measured. Manifests are
-data, not code: they are validated field by field, and weights whose checksum does not
-match are refused.
+A manifest names the architecture, preset and config, the data it was trained on and how
+(the recipe ``saezoo registry reproduce`` retrains), its weights' sha256 and where they are
+published (``url``, fetched by ``saezoo.hub``), and the metrics ``saezoo eval`` measured.
+Manifests are data, not code: they are validated field by field, and weights whose checksum
+does not match are refused. The weights themselves are not in git: ``registry/weights/`` holds
+local copies (``--register``, and the copies ``reproduce`` rebuilt); published files live in
+the hub cache.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tomli_w
 
 import saezoo
 from saezoo import checkpoint as ckpt
+from saezoo import hub
 from saezoo.errors import UsageError, unknown_name
 from saezoo.sae import SAE
 
@@ -50,6 +54,8 @@ class Entry:
     weights_path: str
     weights_sha256: str
     weights_url: str
+    tensors_sha256: str
+    training: dict[str, Any]
     metrics: dict[str, float]
     description: str
     saezoo_version: str
@@ -57,8 +63,13 @@ class Entry:
     manifest: Path
 
     def weights_file(self) -> Path:
+        """Where a local copy of the published weights is looked for first."""
         path = Path(self.weights_path)
         return path if path.is_absolute() else self.manifest.parent / path
+
+    def rebuilt_file(self) -> Path:
+        """Where ``saezoo registry reproduce`` puts the weights it retrained."""
+        return self.manifest.parent / "weights" / f"{self.name}.rebuilt.safetensors"
 
 
 # Field -> (type, required) of a manifest's top level and its tables.
@@ -104,10 +115,18 @@ def read_manifest(path: Path) -> Entry:
     if raw["d_in"] <= 0:
         raise _invalid(path, "d_in must be positive")
     weights = raw["weights"]
-    if not isinstance(weights.get("path"), str) or not isinstance(weights.get("sha256"), str):
-        raise _invalid(path, "[weights] needs a path and a sha256 (strings)")
-    if not re.fullmatch(r"[0-9a-f]{64}", weights["sha256"]):
-        raise _invalid(path, "[weights] sha256 must be 64 lowercase hex digits")
+    if not isinstance(weights.get("sha256"), str) or not all(
+        isinstance(weights.get(k, ""), str) for k in ("path", "url")
+    ):
+        raise _invalid(path, "[weights] needs a sha256, and path and url are strings")
+    for key in ("sha256", "tensors_sha256"):
+        if key in weights and not re.fullmatch(r"[0-9a-f]{64}", str(weights[key])):
+            raise _invalid(path, f"[weights] {key} must be 64 lowercase hex digits")
+    if weights.get("url"):
+        try:
+            hub.parse_url(weights["url"])
+        except UsageError as exc:
+            raise _invalid(path, str(exc)) from None
     metrics = raw.get("metrics", {})
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
         raise _invalid(path, "[metrics] values must be numbers")
@@ -118,9 +137,11 @@ def read_manifest(path: Path) -> Entry:
         d_in=raw["d_in"],
         config=raw["config"],
         data=raw["data"],
-        weights_path=weights["path"],
+        weights_path=weights.get("path") or f"weights/{raw['name']}.safetensors",
         weights_sha256=weights["sha256"],
         weights_url=weights.get("url", ""),
+        tensors_sha256=weights.get("tensors_sha256", ""),
+        training=raw.get("training", {}),
         metrics={k: float(v) for k, v in metrics.items()},
         description=raw.get("description", ""),
         saezoo_version=raw.get("saezoo_version", ""),
@@ -149,20 +170,136 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_entry(entry: Entry, device: str = "cpu") -> SAE:
-    """The entry's SAE (takes raw activations), after checking its weights' sha256."""
-    path = entry.weights_file()
-    if not path.is_file():
-        where = f"; download it from {entry.weights_url}" if entry.weights_url else ""
-        raise UsageError(f"registry entry {entry.name!r}: weights not found at {path}{where}")
-    if file_sha256(path) != entry.weights_sha256:
+def locate_weights(entry: Entry, fetch: bool = True) -> Path:
+    """The entry's weights, checked: the copy on this machine (see ``weights_here``), else
+    (``fetch``) a download from the manifest's url."""
+    here = weights_here(entry)
+    if here is not None:
+        return here
+    if fetch and entry.weights_url:
+        return _checked_download(entry, hub.download(entry.weights_url, entry.name))
+    source = f"pull it from {entry.weights_url} (saezoo registry pull {entry.name}), or " if entry.weights_url else ""
+    raise UsageError(
+        f"registry entry {entry.name!r}: its weights are not on this machine; {source}rebuild them: saezoo registry "
+        f"reproduce {entry.name}"
+    )
+
+
+def weights_here(entry: Entry) -> Path | None:
+    """A local copy of the published file (registry/weights/), else the hub cache's copy,
+    else the copy ``reproduce`` rebuilt; None when there is none. A copy whose sha256
+    differs is refused (and removed when it is the cache's)."""
+    local = entry.weights_file()
+    if local.is_file():
+        if file_sha256(local) != entry.weights_sha256:
+            raise UsageError(
+                f"registry entry {entry.name!r}: {local} does not match its sha256; the file was altered or replaced"
+            )
+        return local
+    cached = hub.cached(entry.weights_url) if entry.weights_url else None
+    if cached is not None:
+        return _checked_download(entry, cached)
+    rebuilt = entry.rebuilt_file()
+    return rebuilt if rebuilt.is_file() else None  # its tensors carry their own sha256, which loading checks
+
+
+def _checked_download(entry: Entry, path: Path) -> Path:
+    if file_sha256(path) == entry.weights_sha256:
+        return path
+    hub.remove(path)
+    raise UsageError(
+        f"registry entry {entry.name!r}: the file fetched from {entry.weights_url} does not match the manifest's "
+        "sha256; it was removed from the cache"
+    )
+
+
+def pull(entry: Entry) -> Path:
+    """Fetch the entry's published weights into the hub cache (or find them there), checked."""
+    if not entry.weights_url:
         raise UsageError(
-            f"registry entry {entry.name!r}: {path} does not match its sha256; the file was altered or replaced"
+            f"registry entry {entry.name!r} has no url in its manifest: its weights are only where it was registered"
         )
+    return _checked_download(entry, hub.download(entry.weights_url, entry.name))
+
+
+def weights_status(entry: Entry) -> str:
+    """One line on where the entry's weights are, without fetching them (``registry show``)."""
+    path = weights_here(entry)
+    if path is None:
+        pull = f"saezoo registry pull {entry.name} fetches them, or " if entry.weights_url else ""
+        return f"weights: not on this machine; {pull}saezoo registry reproduce {entry.name} rebuilds them"
+    rebuilt = " (rebuilt by saezoo registry reproduce, not the published file)" if path == entry.rebuilt_file() else ""
+    return f"weights: {path}{rebuilt}"
+
+
+def load_entry(entry: Entry, device: str = "cpu") -> SAE:
+    """The entry's SAE (takes raw activations), from weights checked as ``locate_weights`` says."""
+    path = locate_weights(entry)
     sae = ckpt.build_sae(entry.architecture, entry.d_in, entry.config)
     tensors, _ = ckpt.load_tensors(path)
     ckpt.load_state(sae, tensors, path)
     return sae.to(device).eval()
+
+
+def recipe(entry: Entry) -> dict[str, Any]:
+    """The run that made the entry, in cfg.json's shape (architecture, preset,
+    curriculum_name, train, data, sae, curriculum): what ``reproduce`` retrains and what
+    an evaluation of the entry reads its source from."""
+    from saezoo.config import DataConfig, TrainConfig
+
+    data = {k: v for k, v in entry.data.items() if k in DataConfig.__dataclass_fields__}
+    if "distinct_tokens" in entry.data:  # what the run harvested (register_run records the source's count)
+        data["harvest_tokens"] = entry.data["distinct_tokens"]
+    training = dict(entry.training)
+    return {
+        "architecture": entry.architecture,
+        "preset": entry.preset or None,
+        "curriculum_name": training.pop("curriculum", "") or "constant",
+        "curriculum": training.pop("curriculum_config", {}),
+        "train": {k: v for k, v in training.items() if k in TrainConfig.__dataclass_fields__},
+        "data": data,
+        "sae": entry.config,
+    }
+
+
+# metric -> (how it is compared, allowed difference) for `saezoo registry reproduce`. A retrained
+# entry is not bit-identical across CPUs and kernels (bf16 harvests, summation order), but
+# with the recorded seeds its metrics vary far less than these bounds: registry/README.md has
+# the measured spread, over which these leave a margin of several times.
+REPRODUCE_TOLERANCE: dict[str, tuple[str, float]] = {
+    "explained_variance": ("absolute", 0.01),
+    "l0": ("relative", 0.05),
+    "dead_fraction": ("absolute", 0.02),
+    "ce_recovered": ("absolute", 0.01),
+}
+
+
+def check_reproduction(
+    entry: Entry, metrics: dict[str, float]
+) -> tuple[list[tuple[str, float, float, float, str, bool]], bool]:
+    """Rows (metric, recorded, reproduced, |difference|, allowed, within) for every metric of
+    REPRODUCE_TOLERANCE that the entry records, and whether all are within their bound."""
+    rows, ok = [], True
+    for name, (kind, bound) in REPRODUCE_TOLERANCE.items():
+        if name not in entry.metrics:
+            continue
+        recorded, measured = entry.metrics[name], float(metrics.get(name, float("nan")))
+        difference = abs(measured - recorded)
+        allowed = bound * abs(recorded) if kind == "relative" else bound
+        within = difference <= allowed  # False for NaN
+        ok &= within
+        allowed_text = f"±{bound * 100:g}%" if kind == "relative" else f"±{bound:g}"
+        rows.append((name, recorded, measured, difference, allowed_text, within))
+    if not rows:
+        raise UsageError(f"registry entry {entry.name!r} records none of {', '.join(REPRODUCE_TOLERANCE)} to check")
+    return rows, ok
+
+
+def install_rebuilt(entry: Entry, run_dir: Path) -> Path:
+    """Make a reproduced run's weights the entry's rebuilt copy (atomically)."""
+    target = entry.rebuilt_file()
+    ckpt.atomic_write(target, lambda tmp: shutil.copyfile(Path(run_dir) / ckpt.WEIGHTS_FILE, tmp))
+    return target
 
 
 def check_new_name(name: str, force: bool = False) -> None:
@@ -189,6 +326,7 @@ def register_run(
     header = ckpt.read_cfg(run_dir)
     directory = registry_dir()
     weights = directory / "weights" / f"{name}.safetensors"
+    (directory / "weights" / f"{name}.rebuilt.safetensors").unlink(missing_ok=True)  # a replaced entry's
     ckpt.atomic_write(weights, lambda tmp: shutil.copyfile(Path(run_dir) / ckpt.WEIGHTS_FILE, tmp))
     # What the source resolved (the hook a default stands for, the model's dtype) over what
     # was asked for.
@@ -214,11 +352,20 @@ def register_run(
         "created": time.strftime("%Y-%m-%d"),
         "config": header["sae"],
         "data": {k: v for k, v in data.items() if v is not None},
-        "weights": {"path": f"weights/{name}.safetensors", "sha256": file_sha256(weights)},
+        "weights": {
+            "path": f"weights/{name}.safetensors",
+            "sha256": file_sha256(weights),
+            # The file's sha256 differs between two writes of the same tensors (safetensors
+            # orders its metadata as it likes); this one tells `reproduce` whether it rebuilt
+            # the very same tensors.
+            "tensors_sha256": ckpt.load_tensors(weights)[1]["sha256"],
+        },
         "training": {
             "curriculum": header.get("curriculum_name", ""),
             "curriculum_config": header.get("curriculum") or {},
-            **{k: train[k] for k in ("steps", "batch_size", "seed", "lr") if k in train},
+            # Every setting, so that `reproduce` does not depend on defaults that may change;
+            # the device is the machine's, not the recipe's.
+            **{k: v for k, v in train.items() if k != "device"},
         },
         "metrics": {k: float(v) for k, v in metrics.items() if v == v},  # NaN has no TOML form
     }

@@ -10,13 +10,10 @@ import dataclasses
 import functools
 import inspect
 import json
-import os
 import re
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Annotated, Any, Optional
@@ -28,7 +25,7 @@ try:  # typer >= 0.20 vendors click; older releases use the click package
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
-from saezoo.errors import SaezooError, TrainingDiverged, UsageError
+from saezoo.errors import SaezooError, UsageError
 
 app = typer.Typer(
     help="A zoo of sparse autoencoders: train, evaluate and compare them side by side.",
@@ -100,20 +97,9 @@ class StreamOptions:
     device: Optional[str] = None
     config: Optional[Path] = None
 
-    def layer(self) -> dict[str, dict[str, Any]]:
-        """The settings these options give, as a config layer (``--tokens`` and ``--config`` apart)."""
-        if self.steps is not None and self.tokens is not None:
-            raise UsageError("give --steps or --tokens, not both")
-        data = {k: getattr(self, k) for k in ("source", "model", "hook", "dataset", "context_length")}
-        train = {k: getattr(self, k) for k in ("steps", "batch_size", "seed", "device")}
-        return {
-            "data": {k: v for k, v in data.items() if v is not None},
-            "train": {k: v for k, v in train.items() if v is not None},
-        }
-
-    def given(self) -> list[str]:
-        """The options given, as flags."""
-        return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+    def settings(self) -> dict[str, Any]:
+        """These options as the keywords of ``saezoo.api.train`` and ``compare``."""
+        return dataclasses.asdict(self)
 
 
 STREAM_OPTIONS = {
@@ -151,45 +137,6 @@ def stream_options(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _prepare_out(out: Optional[Path], name: str) -> Path:
-    if out is None:
-        out = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {out}: cannot create the directory ({exc.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise UsageError(f"--out {out}: not writable")
-    return out
-
-
-def _refuse_settings_on_resume(resume: Path, stream: StreamOptions, **given: object) -> None:
-    """A resumed run continues as its cfg.json defines it (same stream, schedule and length),
-    so an option that would change it is refused rather than silently ignored."""
-    flags = stream.given() + [f"--{name.replace('_', '-')}" for name, value in given.items() if value not in (None, [])]
-    if flags:
-        raise UsageError(
-            f"--resume {resume} continues the run as its cfg.json defines it; {', '.join(flags)} cannot change it "
-            f"(train other settings as a new run with --out)"
-        )
-
-
-@contextmanager
-def _removed_if_unused(out: Path) -> Iterator[None]:
-    """A run directory this command created is removed when the command fails before writing
-    into it (a plugin's error at the SAE's construction, a bad data source): a failed start
-    leaves nothing behind. Entered before the run's lock, so it runs after the lock's release."""
-    from saezoo.checkpoint import LOCK_FILE
-
-    try:
-        yield
-    except BaseException:
-        if out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
-            (out / LOCK_FILE).unlink(missing_ok=True)
-            out.rmdir()
-        raise
-
-
 @app.command()
 @stream_options
 def train(
@@ -216,69 +163,25 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train one SAE and print its held-out metrics."""
-    from saezoo import checkpoint, distributed
-    from saezoo.activations.factory import build_source
-    from saezoo.config.resolve import resolve_run, run_from_dict
-    from saezoo.train import resolve_device
-    from saezoo.train import train as run_training
+    from saezoo import api, distributed
 
-    distributed.init_from_env()
-    if register is not None:  # before hours of training, not after
-        from saezoo import catalog
-
-        catalog.check_new_name(register, force)
-    elif force:
-        raise UsageError("--force only applies to --register")
-
-    if resume is not None:
-        _refuse_settings_on_resume(
-            resume,
-            stream,
-            preset=preset,
-            set=set_,
-            curriculum=None if curriculum == "constant" else curriculum,
-            out=out,
-        )
-        header = checkpoint.read_cfg(resume)
-        run = run_from_dict(header)
-        if architecture is not None and architecture != run.architecture:
-            raise UsageError(f"--resume {resume} is a {run.architecture!r} run, not {architecture!r}")
-        out_dir, created = resume, False
-    else:
-        if architecture is None:
-            raise UsageError("missing architecture: saezoo train ARCH (see `saezoo list architectures`)")
-        run = resolve_run(
-            architecture,
-            preset=preset,
-            curriculum=curriculum,
-            config_file=stream.config,
-            options=stream.layer(),
-            sets=set_,
-            tokens=stream.tokens,
-        )
-        created = out is None or not out.exists()
-        out_dir = _prepare_out(out, architecture)
-    with ExitStack() as held:
-        if created:
-            held.enter_context(_removed_if_unused(out_dir))
-        if distributed.is_main():  # rank 0 alone writes into the directory
-            held.enter_context(checkpoint.run_lock(out_dir))
-        if resume is None:
-            checkpoint.refuse_occupied(out_dir)
-        distributed.barrier()  # every rank has checked --out before rank 0 writes into it
-        src = build_source(
-            run.data,
-            tokens=run.train.steps * run.train.batch_size,
-            seed=run.train.seed,
-            device=str(resolve_device(run.train.device)),
-        )
-        metrics = run_training(run, out_dir, src, resume=resume is not None, progress=not quiet)
-        if not distributed.is_main():
-            return
-        _print_metrics(metrics, title=f"{run.architecture} -> {out_dir}")
-        if register is not None:
-            path = catalog.register_run(register, out_dir, metrics, force=force)
-            typer.echo(f"registered as {register}: {path}")
+    run = api.train(
+        architecture,
+        preset=preset,
+        curriculum=curriculum,
+        sets=set_ or [],
+        out=out,
+        resume=resume,
+        register=register,
+        force=force,
+        progress=not quiet,
+        **stream.settings(),
+    )
+    if not distributed.is_main():
+        return
+    _print_metrics(run.metrics, title=f"{run.config.architecture} -> {run.path}")
+    if run.registered is not None:
+        typer.echo(f"registered as {register}: {run.registered}")
 
 
 @app.command("eval")
@@ -286,8 +189,8 @@ def eval_(
     run_dir: Annotated[
         Path,
         typer.Argument(
-            help="A run directory written by `saezoo train`, or a SAELens directory (cfg.json + "
-                "sae_weights.safetensors)."
+            help="A run directory written by `saezoo train`, a SAELens directory (cfg.json + "
+                "sae_weights.safetensors) or a registry entry name."
         ),
     ],
     tokens: Annotated[
@@ -335,73 +238,23 @@ def eval_(
 ) -> None:
     """Evaluate a trained SAE on held-out activations of its own data source (a SAELens
     directory: of the source given by --model/--hook/--dataset or --source; docs/interop.md)."""
-    from saezoo import checkpoint, export
-    from saezoo.activations.factory import build_source
-    from saezoo.config.resolve import run_from_dict
-    from saezoo.evaluate import check_absorption, full_evaluation
-    from saezoo.train import nonfinite_result, resolve_device
+    from saezoo import api, checkpoint
 
-    data_options = {
-        "source": source,
-        "model": model,
-        "hook": hook,
-        "dataset": dataset,
-        "context_length": context_length,
-    }
-    saelens = export.is_saelens_dir(run_dir)
-    if saelens:
-        sae, info = export.import_saelens(run_dir)
-        header = export.eval_header(info, data_options, run_dir)
-    else:
-        given = [f"--{k.replace('_', '-')}" for k, v in data_options.items() if v is not None]
-        if given:
-            raise UsageError(
-                f"{', '.join(given)}: data options are for SAELens directories only; a saezoo run is evaluated on its "
-                "own data source"
-            )
-        sae, header = checkpoint.load_sae(run_dir)
-    run = run_from_dict(header)
-    if tokens is not None and tokens < 1:
-        raise UsageError(f"--tokens must be >= 1, got {tokens}")
-    from saezoo.host_memory import check_fits
-
-    n_eval = tokens or run.train.eval_tokens
-    check_fits(n_eval * sae.d_in * 4, f"evaluating on {n_eval:,} tokens ({sae.d_in} float32 values each)")
-    if downstream_tokens is not None and downstream_tokens < 0:
-        raise UsageError(f"--downstream-tokens must be >= 0, got {downstream_tokens}")
-    if absorption_words is not None and absorption_words < 0:
-        raise UsageError(f"--absorption-words must be >= 0, got {absorption_words}")
-    dev = resolve_device(device or run.train.device)
-    # The training token count is part of the cache key; evaluation reads only held-out data.
-    src = build_source(run.data, tokens=run.train.steps * run.train.batch_size, seed=run.train.seed, device=str(dev))
-    n_words = run.train.absorption_words if absorption_words is None else absorption_words
-    check_absorption(src, n_words)
-    x = src.eval_activations(n_eval)
-    if x.shape[-1] != sae.d_in:
-        raise UsageError(
-            f"{run_dir}: the SAE reads {sae.d_in}-dimensional activations, the data source gives {x.shape[-1]}"
+    data = {"source": source, "model": model, "hook": hook, "dataset": dataset, "context_length": context_length}
+    loaded = api.open_sae(run_dir, data=data)
+    problem = None
+    try:
+        metrics = api.evaluate(
+            loaded, tokens=tokens, downstream_tokens=downstream_tokens, absorption_words=absorption_words, device=device
         )
-    n_downstream = run.train.downstream_tokens if downstream_tokens is None else downstream_tokens
-    metrics, density = full_evaluation(
-        sae, src, x, run.train.batch_size, dev, downstream_tokens=n_downstream, absorption_words=n_words
-    )
-    if not saelens:  # a SAELens directory is left as it is
-        from saezoo import plots
-
-        checkpoint.write_json(Path(run_dir) / checkpoint.METRICS_FILE, checkpoint.json_safe(metrics))
-        plots.density_report(density, Path(run_dir))
+    except api.NonFiniteResult as exc:  # printed (NaN as null), but never an exit 0
+        metrics, problem = exc.metrics, exc
     if as_json:
         typer.echo(json.dumps(checkpoint.json_safe(metrics), sort_keys=True, allow_nan=False))
     else:
-        title = (
-            f"{run_dir} (SAELens {info['saelens_architecture']} as saezoo {info['architecture']})"
-            if saelens
-            else str(run_dir)
-        )
-        _print_metrics(metrics, title=title)
-    problem = nonfinite_result(sae, metrics)
-    if problem:  # printed (NaN as null), but never an exit 0
-        raise TrainingDiverged(f"{run_dir}: {problem}; these weights are not usable")
+        _print_metrics(metrics, title=loaded.title)
+    if problem is not None:
+        raise problem
 
 
 @app.command()
@@ -446,23 +299,21 @@ def compare(
     quiet: QuietOpt = False,
 ) -> None:
     """Train several SAEs on one activation stream and report them side by side."""
-    from saezoo.compare import parse_seeds, print_table, resolve_variants, run_compare
+    from saezoo import api
+    from saezoo.compare import print_table
 
-    variants = resolve_variants(
-        specs,
+    comparison = api.compare(
+        *specs,
         curriculum=curriculum,
         target_l0=target_l0,
-        config_file=stream.config,
-        options=stream.layer(),
+        seeds=seeds,
         sets=set_ or [],
-        tokens=stream.tokens,
+        out=out,
+        progress=not quiet,
+        **stream.settings(),
     )
-    runs = [v.run for v in variants if v.run is not None]
-    seed_list = parse_seeds(seeds, runs[0].train.seed if runs else 0)  # a count starts at the shared train.seed
-    out_dir = _prepare_out(out, "compare")
-    report = run_compare(variants, out_dir, progress=not quiet, seeds=seed_list)
-    print_table(report)
-    typer.echo(f"report: {out_dir / 'report.md'}")
+    print_table(comparison.report)
+    typer.echo(f"report: {comparison.out / 'report.md'}")
 
 
 @app.command()
@@ -482,7 +333,7 @@ def browse(
     quiet: QuietOpt = False,
 ) -> None:
     """Write a static feature browser of an SAE: open OUT/index.html from disk, no server needed."""
-    from saezoo.browse.load import load_target
+    from saezoo.api import open_sae
     from saezoo.browse.site import build, prepare_out
 
     if len(runs) > 2:
@@ -491,7 +342,7 @@ def browse(
         raise UsageError(f"--tokens must be >= 1, got {tokens}")
     if out is not None:
         prepare_out(out)  # before minutes of work
-    targets = [load_target(r) for r in runs]
+    targets = [open_sae(r) for r in runs]
     out_dir = out or Path("runs") / f"browse-{'-vs-'.join(t.label for t in targets)}"
     summary = build(targets, out_dir, tokens, device=device, progress=not quiet)
     typer.echo(
@@ -538,12 +389,51 @@ def registry_list() -> None:
 
 @registry_app.command("show")
 def registry_show(name: Annotated[str, typer.Argument(help="A registry entry name.")]) -> None:
-    """One registry entry's manifest, with its weights checked against their sha256."""
+    """One registry entry's manifest, and where its weights are on this machine (checked
+    against their sha256; nothing is fetched)."""
     from saezoo import catalog
 
     entry = catalog.get_entry(name)
-    catalog.load_entry(entry)  # verifies the weights
     typer.echo(entry.manifest.read_text())
+    typer.echo(catalog.weights_status(entry))
+
+
+@registry_app.command("pull")
+def registry_pull(name: Annotated[str, typer.Argument(help="A registry entry name.")]) -> None:
+    """Fetch an entry's weights from its manifest's url into the Hugging Face cache, checked
+    against the manifest's sha256 (HF_ENDPOINT, HF_HUB_CACHE and HF_HUB_OFFLINE apply)."""
+    from saezoo import api
+
+    typer.echo(f"{name}: {api.pull(name)}")
+
+
+@registry_app.command("reproduce")
+def registry_reproduce(
+    name: Annotated[str, typer.Argument(help="A registry entry name.")],
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Run directory (default: runs/reproduce-NAME-TIME).")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Retrain an entry from its manifest's recipe and check its metrics against the recorded
+    ones (tolerances: registry/README.md); within them, the weights become the entry's
+    rebuilt copy. Exit 1 when a metric is outside its tolerance."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from saezoo import api
+
+    result = api.reproduce(name, out=out, progress=not quiet)
+    table = Table("metric", "recorded", "reproduced", "|difference|", "allowed", "ok", title=f"reproduce {name}")
+    for metric, recorded, measured, difference, allowed, within in result.rows:
+        ok = "yes" if within else "NO"
+        table.add_row(metric, f"{recorded:.4f}", f"{measured:.4f}", f"{difference:.4f}", allowed, ok)
+    Console().print(table)
+    if result.installed is None:
+        typer.echo(f"{name}: not reproduced within tolerance; the run is in {result.run.path}, nothing was installed")
+        raise typer.Exit(1)
+    same = {True: "; the same tensors as the published file", False: "; other tensors than the published file's"}
+    typer.echo(f"{name}: reproduced{same.get(result.identical, '')}; rebuilt weights: {result.installed}")
 
 
 cache_app = typer.Typer(help="The activation cache.", no_args_is_help=True)

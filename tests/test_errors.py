@@ -14,6 +14,7 @@ import pytest
 
 from activations_helpers import corpus, make_model, write_jsonl
 from helpers import FAST_SETS, assert_one_line_error, fast_train_args, run_cli
+from hub_server import HubServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = ["--source", "synthetic", "--steps", "5", "-q", *[a for s in FAST_SETS for a in ("--set", s)]]
@@ -114,6 +115,7 @@ def copy_run(env, name: str, symlinks: bool = False) -> Path:
 
 
 HELD_LOCKS: list[int] = []  # file descriptors kept open (their flock held) for the rest of the session
+HELD_SERVERS: list[HubServer] = []  # local hubs kept serving for the rest of the session
 
 
 def edit_cfg(run: Path, change) -> None:
@@ -287,6 +289,27 @@ def case(env, row: str):
         return args, {"SAEZOO_REGISTRY": str(registry)}, ["'smollm2-flat' already exists", "--force"]
     if row == "bad-registry-name":
         return ["train", "flat", *SYN, "--out", str(r / "badname"), "--register", "../evil"], {}, ["registry name '../evil'"]
+    if row in ("registry-unreachable", "registry-wrong-sha", "registry-no-url", "bad-weights-url"):
+        registry = r / f"registry-{row}"
+        registry.mkdir(exist_ok=True)
+        manifest = (ROOT / "registry" / "synthetic-topk.toml").read_text()
+        url = 'url = "hf://saezoo/registry/synthetic-topk.safetensors"\n'
+        assert url in manifest
+        changed = {"registry-no-url": "", "bad-weights-url": 'url = "https://example.org/w.safetensors"\n'}
+        (registry / "synthetic-topk.toml").write_text(manifest.replace(url, changed.get(row, url)))
+        extra = {"SAEZOO_REGISTRY": str(registry), "HF_HUB_CACHE": str(r / f"hf-cache-{row}")}
+        if row == "registry-wrong-sha":  # a hub on 127.0.0.1 that serves other bytes
+            hub = HubServer({("saezoo/registry", "synthetic-topk.safetensors"): b"not the published weights"})
+            HELD_SERVERS.append(hub.__enter__())
+            extra.update(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0")
+        command = "show" if row == "bad-weights-url" else "pull"
+        needles = {
+            "registry-unreachable": ["cannot fetch hf://saezoo/registry/synthetic-topk.safetensors", "saezoo registry reproduce synthetic-topk"],
+            "registry-wrong-sha": ["does not match the manifest's sha256", "removed from the cache"],
+            "registry-no-url": ["'synthetic-topk' has no url in its manifest"],
+            "bad-weights-url": ["weights url 'https://example.org/w.safetensors'", "expected hf://OWNER/REPO[@REVISION]/FILE"],
+        }[row]
+        return ["registry", command, "synthetic-topk"], extra, needles
     if row == "force-without-register":
         return ["train", "flat", *SYN, "--out", str(r / "force"), "--force"], {}, ["--force only applies to --register"]
     if row == "unparsable-dataset":

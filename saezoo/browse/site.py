@@ -29,7 +29,8 @@ from torch import Tensor
 from saezoo.activations.harvest import MEDIAN_SAMPLE_TOKENS
 from saezoo.activations.model import hooked_activations
 from saezoo.browse import features
-from saezoo.browse.load import Target, check_same_source
+from saezoo.api import Loaded
+from saezoo.browse.load import check_same_source
 from saezoo.browse.stats import BEFORE, WINDOW, LatentStats, bin_edges
 from saezoo.config.resolve import run_from_dict
 from saezoo.errors import UsageError
@@ -54,7 +55,7 @@ def prepare_out(out: Path) -> None:
 
 
 def build(
-    targets: list[Target], out: Path, tokens: int, device: str | None = None, progress: bool = True
+    targets: list[Loaded], out: Path, tokens: int, device: str | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Browse ``targets`` (one SAE, or two side by side) on ``tokens`` held-out tokens; write the site to ``out``."""
     from saezoo.train import resolve_device
@@ -90,7 +91,7 @@ def build(
 
 
 def _build_into(
-    tmp: Path, targets: list[Target], run, tokens: int, dev, progress: bool, started: float
+    tmp: Path, targets: list[Loaded], run, tokens: int, dev, progress: bool, started: float
 ) -> dict[str, Any]:
     from saezoo.activations.model_source import ModelSource
 
@@ -192,7 +193,7 @@ def _round(t: Tensor, digits: int = 4) -> Any:
     return torch.where(ok, (t * up / down).round() * down / up, 0.0).tolist()
 
 
-def _side_data(target: Target, sae, st: LatentStats, model, tok: _TokenText) -> dict[str, Any]:
+def _side_data(target: Loaded, sae, st: LatentStats, model, tok: _TokenText) -> dict[str, Any]:
     """Everything about one SAE's latents except their contexts."""
     directions = sae.decoder_directions().detach().cpu()
     pos, pos_val, neg, neg_val = features.output_tokens(directions, model, N_TOKENS)
