@@ -1,5 +1,5 @@
 """The tree-gated HSAE: every latent of tier i > 1 has one fixed parent in tier i-1 and fires
-only where its parent fires (``hsae`` with ``coupling=tree``, its default).
+only where its parent fires (``hsae`` with ``coupling=tree``, the ``tree`` preset).
 
 Tier widths are whole multiples of each other: the latents of tier i are grouped in blocks of
 ``children_per_parent`` (the width ratio), block p belonging to latent p of tier i-1. Each
@@ -123,8 +123,8 @@ class TreeHSAE(HSAE, TopKFamilySAE):
                     # (amax: a max that also returned indices costs 4x more over so short a
                     # dimension), then which child it was, for the kept parents only.
                     ratio = tier_width // fires.shape[1]
-                    best = block.unflatten(1, (-1, ratio)).amax(-1)
-                    token, column, value = self._keep(best.masked_fill(~fires, float("-inf")), budget, tier, by_threshold)
+                    best = block.unflatten(1, (-1, ratio)).amax(-1).masked_fill(~fires, float("-inf"))
+                    token, column, value = self._keep(best, budget, tier, by_threshold)
                     siblings = column.unsqueeze(1) * ratio + torch.arange(ratio, device=pre.device)
                     local = column * ratio + block[token.unsqueeze(1), siblings].argmax(1)
                 if tier + 1 < len(self.tier_widths):
