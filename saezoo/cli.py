@@ -59,7 +59,9 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, c
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", help="TOML file with [train], [data], [sae], [curriculum] tables.")
 ]
-CurriculumOpt = Annotated[str, typer.Option("--curriculum", help="Curriculum strategy (see `saezoo list curricula`).")]
+CurriculumOpt = Annotated[
+    str, typer.Option("--curriculum", help="Curriculum, or several joined with + (see `saezoo list curricula`).")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 

@@ -25,7 +25,7 @@ from saezoo import catalog, checkpoint, plots
 from saezoo.config import RunConfig
 from saezoo.config.layers import merge, parse_set, read_toml
 from saezoo.config.resolve import resolve_run
-from saezoo.curriculum import check_compatible
+from saezoo.curriculum import SEPARATOR, check_compatible, curriculum_names
 from saezoo.errors import UsageError, unknown_name
 from saezoo.evaluate import absorption_metrics, downstream_metrics, full_evaluation
 
@@ -113,8 +113,9 @@ def resolve_variants(
             parsed.append((spec, None, None, None))
             continue
         cls = archs.get(arch)  # unknown -> a clear error listing architectures
-        if own_curriculum is not None and own_curriculum not in plugins.curricula:
-            raise unknown_name(f"curriculum after '@' in {spec!r}:", own_curriculum, plugins.curricula.names())
+        for name in curriculum_names(own_curriculum) if own_curriculum is not None else []:
+            if name not in plugins.curricula:
+                raise unknown_name(f"curriculum after '@' in {spec!r}:", name, plugins.curricula.names())
         if preset and preset != "default":
             presets = getattr(cls, "presets", {}) or {}
             if preset not in presets:
@@ -142,15 +143,22 @@ def resolve_variants(
                 tokens=tokens,
             )
 
-        name = own_curriculum or curriculum
-        run = resolve(name, [])
+        name, steering = own_curriculum or curriculum, []
         if target_l0 is not None:
-            # The variant's own settings decide how its L0 is steered (a setting may switch it).
-            run = resolve(*_matched_l0(arch, run.sae, target_l0, name, label))
+            # The variant's own sae settings decide how its L0 is steered (a setting may switch
+            # it); its curriculum settings may be for the steering curriculum, which joins next.
+            sae_cfg = resolve_run(
+                arch,
+                preset=preset,
+                options={**layer, "curriculum": {}},
+                sets=[s for s in variant_sets if not s.startswith("curriculum.")],
+                tokens=tokens,
+            ).sae
+            name, steering = _matched_l0(arch, sae_cfg, target_l0, name)
+        run = resolve(name, steering)
         where = arch + (f":{preset}" if preset else "")
-        check_compatible(
-            run.curriculum_name, plugins.curricula.get(run.curriculum_name), where, archs.get(arch).built_class(run.sae)
-        )
+        for name in run.curricula:
+            check_compatible(name, plugins.curricula.get(name), where, archs.get(arch).built_class(run.sae))
         # What defines the shared stream comes from the user, never from a preset; the
         # curriculum settings are the variant's own (another variant's may not fit constant).
         shared = resolve_run(arch, options={**layer, "curriculum": {}}, tokens=tokens)
@@ -218,13 +226,12 @@ def _split_variant_sets(sets: list[str], names: list[str]) -> tuple[list[str], d
     return shared, own
 
 
-def _matched_l0(
-    arch: str, sae_cfg: Any, target: float, curriculum: str = "constant", label: str | None = None
-) -> tuple[str, list[str]]:
-    """How to bring ``arch`` configured as ``sae_cfg`` (variant ``label``, following
-    ``curriculum``) to L0 = target: what the architecture's ``SAE.l0_control`` says. A
-    variant steered by a setting (k) keeps its own curriculum; one steered by a curriculum
-    (target-l0) cannot follow another as well."""
+def _matched_l0(arch: str, sae_cfg: Any, target: float, curriculum: str = "constant") -> tuple[str, list[str]]:
+    """How to bring ``arch`` configured as ``sae_cfg`` (following ``curriculum``) to
+    L0 = target: what the architecture's ``SAE.l0_control`` says. A variant steered by a
+    setting (k) keeps its own curriculum; one steered by a curriculum (target-l0) follows
+    it as well as its own (``tier-unlock+target-l0``), with the steering settings
+    addressed to the steering curriculum."""
     from saezoo.plugins import get_plugins
 
     if not (math.isfinite(target) and target > 0):
@@ -233,15 +240,18 @@ def _matched_l0(
     if control is None:
         raise UsageError(f"--target-l0: architecture {arch!r} declares no way to steer its L0 (SAE.l0_control)")
     steering, settings = control
-    if steering in (None, "constant"):
+    names = curriculum_names(curriculum)
+    if steering in (None, "constant") or names == [steering]:
         return curriculum, settings
-    if curriculum not in ("constant", steering):
-        raise UsageError(
-            f"--target-l0 steers {label or arch!r} with the {steering} curriculum, and a run follows one "
-            f"curriculum, not also {curriculum!r}: drop --target-l0, or compare {curriculum!r} at the variant's "
-            "own settings"
-        )
-    return steering, settings
+    if names == ["constant"]:
+        return steering, settings
+    # Composed with the variant's own curriculum: the steering settings name the steering
+    # curriculum, since a bare curriculum.KEY could be a setting of the other one too.
+    settings = [
+        f"curriculum.{steering}.{item.removeprefix('curriculum.')}" if item.startswith("curriculum.") else item
+        for item in settings
+    ]
+    return (curriculum if steering in names else f"{curriculum}{SEPARATOR}{steering}"), settings
 
 
 def check_memory(runs: list[RunConfig], d_in: int, device: torch.device, what: str) -> None:

@@ -74,7 +74,9 @@ class SAE(nn.Module):
     Config: ClassVar[type]
     #: Named configurations, each a dict of sections ``sae``/``train``/``data`` overrides.
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
-    #: Curriculum knobs this architecture applies in ``forward`` (besides TRAINER_KNOBS).
+    #: Curriculum knobs this architecture applies in ``forward`` (besides TRAINER_KNOBS). A
+    #: knob named ``*_scale`` is a factor (1: the SAE's own value), which several curricula
+    #: of one run may set: their values multiply (:mod:`saezoo.curriculum`).
     knobs: ClassVar[frozenset[str]] = frozenset()
     #: SAELens architectures this class reads (``saezoo eval`` and ``browse`` on a SAELens
     #: directory, and the check of every export), each with its tensors' shapes as in

@@ -27,7 +27,7 @@ from saezoo import checkpoint as ckpt
 from saezoo import distributed
 from saezoo.activations.source import ActivationSource
 from saezoo.config import RunConfig
-from saezoo.curriculum import Curriculum, check_compatible
+from saezoo.curriculum import Curricula, check_compatible
 from saezoo.errors import SaezooError, TrainingDiverged, UsageError
 from saezoo.evaluate import check_absorption, evaluate_sae, full_evaluation
 from saezoo.host_memory import keep_freed_memory
@@ -81,18 +81,21 @@ class Trainee:
         self.out_dir = Path(out_dir)
         self.device = device
         self.source_key = source_key
-        curriculum_cls = plugins.curricula.get(run.curriculum_name)
         torch.manual_seed(run.train.seed if run.train.init_seed is None else run.train.init_seed)
         self.sae: SAE = ckpt.build_sae(run.architecture, d_in, run.sae).to(device)
         # The built SAE's class: a registered architecture may build a subclass per config,
         # with the knobs of that config.
-        check_compatible(run.curriculum_name, curriculum_cls, run.architecture, type(self.sae))
+        members = []
+        for name, curriculum_cfg in run.curricula.items():
+            curriculum_cls = plugins.curricula.get(name)
+            check_compatible(name, curriculum_cls, run.architecture, type(self.sae))
+            try:
+                members.append((name, curriculum_cls(curriculum_cfg, run.train.steps, self.sae)))
+            except ValueError as exc:
+                raise UsageError(f"curriculum {name!r}: {exc}") from None
+        self.curriculum = Curricula(members)
         # The compiled wrapper shares the SAE's parameters: checkpoints and evaluation use the SAE.
         self.forward = torch.compile(self.sae) if self.cfg.compile else self.sae
-        try:
-            self.curriculum: Curriculum = curriculum_cls(run.curriculum, run.train.steps, self.sae)
-        except ValueError as exc:
-            raise UsageError(f"curriculum {run.curriculum_name!r}: {exc}") from None
         opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
         self.opt = opt_cls(
             self.sae.parameters(),

@@ -138,8 +138,9 @@ def test_spec_names_its_curriculum():
         ["hsae@tier-unlock.curriculum.unlock_fraction=0.3", "hsae@sparsity-warmup.curriculum.steps=7"], None,
     )
     assert [v.run.curriculum_name for v in (plain, unlock, warm, paper)] == ["constant", "tier-unlock", "sparsity-warmup", "sparsity-warmup"]
-    assert unlock.run.curriculum.unlock_fraction == 0.3
-    assert warm.run.curriculum.steps == 7 and paper.run.curriculum.steps is None  # the label is the whole SPEC
+    assert unlock.run.curricula["tier-unlock"].unlock_fraction == 0.3
+    # The label is the whole SPEC.
+    assert warm.run.curricula["sparsity-warmup"].steps == 7 and paper.run.curricula["sparsity-warmup"].steps is None
     assert paper.run.preset == "paper" and paper.run.sae.importance == "learned_softmax"
     # --curriculum is the default of the variants that name none.
     flat, hsae = resolve_variants(["flat", "hsae@tier-unlock"], "sparsity-warmup", None, None, base, [], None)

@@ -81,6 +81,29 @@ PLUGINS = {
         def register_architectures(register):
             register("flat", FlatSAE)
     """,
+    "holdk": """
+        from dataclasses import dataclass
+
+        from saezoo import Curriculum, hookimpl
+
+        @dataclass
+        class HoldKConfig:
+            k: int = 8
+            \"\"\"The k held.\"\"\"
+
+        class HoldK(Curriculum):
+            \"\"\"Hold k.\"\"\"
+
+            Config = HoldKConfig
+            knobs = frozenset({"k"})
+
+            def knobs_at(self, step, stats):
+                return {"k": self.cfg.k}
+
+        @hookimpl
+        def register_curricula(register):
+            register("hold-k", HoldK)
+    """,
 }
 
 
@@ -336,8 +359,20 @@ def case(env, row: str):
         return ["compare", "hsae", "flat@tier-unlock", *SYN, "--out", str(r / "sic")], {}, ["curriculum 'tier-unlock'", "architecture 'flat' does not accept"]
     if row == "spec-entry-curriculum":
         return ["compare", "flat", "smollm2-flat@tier-unlock", *SYN], {}, ["registry entry 'smollm2-flat' is evaluated, not trained"]
-    if row == "target-l0-and-curriculum":
-        return ["compare", "hsae@tier-unlock", "flat", *SYN, "--target-l0", "40"], {}, ["--target-l0 steers 'hsae@tier-unlock'", "not also 'tier-unlock'"]
+    if row == "curricula-knob-conflict":
+        args = ["--plugins-dir", str(r / "plugins-holdk"), "train", "topk", "--curriculum", "k-anneal+hold-k", *SYN]
+        return args, {}, ["curricula 'k-anneal' and 'hold-k' both set knob k", "only *_scale knobs"]
+    if row == "curriculum-repeated":
+        return ["train", "hsae", "--curriculum", "target-l0+target-l0", *SYN], {}, ["target-l0 named twice"]
+    if row == "curriculum-setting-ambiguous":
+        args = ["train", "topk", "--curriculum", "k-anneal+sparsity-warmup", *SYN, "--set", "curriculum.steps=10"]
+        return args, {}, ["curricula k-anneal and sparsity-warmup both have this setting", "curriculum.k-anneal.steps"]
+    if row == "curriculum-setting-unowned":
+        args = ["train", "hsae", "--curriculum", "sparsity-warmup+target-l0", *SYN, "--set", "curriculum.unlock_fraction=0.3"]
+        return args, {}, ["curriculum.unlock_fraction: none of the curricula sparsity-warmup, target-l0"]
+    if row == "curriculum-not-followed":
+        args = ["train", "hsae", "--curriculum", "sparsity-warmup", *SYN, "--set", "curriculum.target-l0.target=40"]
+        return args, {}, ["does not follow curriculum 'target-l0'"]
     if row == "seeds-zero":
         return ["compare", "hsae", "flat", *SYN, "--seeds", "0", "--out", str(r / "s0")], {}, ["--seeds 0: give at least one seed"]
     if row == "seeds-duplicate":

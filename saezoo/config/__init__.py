@@ -2,7 +2,8 @@
 
 A run has four sections, each a dataclass: ``train`` (:class:`TrainConfig`), ``data``
 (:class:`DataConfig`), ``sae`` (the architecture's ``Config``) and ``curriculum`` (the
-curriculum's ``Config``). A key is ``section.field`` (``train.lr``,
+curriculum's ``Config``; a run following several curricula has one per curriculum, in
+``curriculum.NAME``). A key is ``section.field`` (``train.lr``,
 ``data.synthetic.d_in``); a bare ``field`` means ``sae.field``. Values are checked
 against the field's type before anything runs.
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from saezoo.activations.synthetic import SyntheticConfig
+from saezoo.curriculum import SEPARATOR
 
 
 @dataclass
@@ -127,16 +129,26 @@ class RunConfig:
 
     architecture: str
     preset: str | None
-    curriculum_name: str
     train: TrainConfig
     data: DataConfig
     sae: Any
-    curriculum: Any
+    curricula: dict[str, Any]
+    """The curricula the run follows, in order: name -> its ``Config``."""
+
+    @property
+    def curriculum_name(self) -> str:
+        """``tier-unlock``, or ``tier-unlock+target-l0`` for a run following both."""
+        return SEPARATOR.join(self.curricula)
 
     def to_dict(self) -> dict[str, Any]:
+        """cfg.json's form. A single curriculum's settings are the ``curriculum`` table itself
+        (as before curricula composed, so older cfg.json files read alike); several
+        curricula's are keyed by name in it."""
+        settings = {name: dataclasses.asdict(cfg) for name, cfg in self.curricula.items()}
         return {
             "architecture": self.architecture,
             "preset": self.preset,
             "curriculum_name": self.curriculum_name,
-            **{s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS},
+            **{s: dataclasses.asdict(getattr(self, s)) for s in ("train", "data", "sae")},
+            "curriculum": next(iter(settings.values())) if len(settings) == 1 else settings,
         }

@@ -9,6 +9,7 @@ from typing import Any
 from saezoo.config import DataConfig, RunConfig, TrainConfig
 from saezoo.config.coerce import build
 from saezoo.config.layers import merge, parse_set, read_toml
+from saezoo.curriculum import SEPARATOR, check_composable, curriculum_names
 from saezoo.errors import UsageError, unknown_name
 from saezoo.plugins import get_plugins
 
@@ -79,13 +80,48 @@ def _build_run(architecture: str, preset: str | None, curriculum: str, tables: d
     """The one builder of a RunConfig: each section's dataclass (the plugins' found by name) from its table."""
     plugins = get_plugins()
     sae_cls = plugins.architectures.get(architecture)
-    curriculum_cls = plugins.curricula.get(curriculum)
+    classes = {name: plugins.curricula.get(name) for name in curriculum_names(curriculum)}
+    check_composable(classes)
+    settings = _curriculum_tables(classes, tables.get("curriculum", {}))
+    where = "curriculum" if len(classes) == 1 else "curriculum.{}"
     return RunConfig(
         architecture=architecture,
         preset=preset,
-        curriculum_name=curriculum,
         train=build(TrainConfig, tables.get("train", {}), "train"),
         data=build(DataConfig, tables.get("data", {}), "data"),
         sae=build(sae_cls.Config, tables.get("sae", {}), "sae"),
-        curriculum=build(curriculum_cls.Config, tables.get("curriculum", {}), "curriculum"),
+        curricula={name: build(cls.Config, settings[name], where.format(name)) for name, cls in classes.items()},
     )
+
+
+def _curriculum_tables(classes: dict[str, type], table: Any) -> dict[str, dict[str, Any]]:
+    """The ``curriculum`` table split into each curriculum's settings.
+
+    ``curriculum.NAME.KEY`` is curriculum NAME's setting KEY. A bare ``curriculum.KEY`` is
+    the setting of the one curriculum that has it (of the only curriculum, when the run
+    follows one: as before curricula composed), so ``curriculum.unlock_fraction`` still
+    reaches tier-unlock when the L0 controller joins it; a KEY that several have is refused.
+    """
+    if not isinstance(table, dict):
+        return {name: table for name in classes}  # build() says what is wrong with it
+    own: dict[str, dict[str, Any]] = {name: {} for name in classes}
+    for key, value in table.items():
+        if key in classes and isinstance(value, dict):
+            continue  # named: applied below, over the bare keys
+        if isinstance(value, dict) and key in get_plugins().curricula:
+            raise UsageError(
+                f"curriculum.{key}: the run does not follow curriculum {key!r} (it follows {SEPARATOR.join(classes)})"
+            )
+        owners = [name for name, cls in classes.items() if key in {f.name for f in dataclasses.fields(cls.Config)}]
+        if len(classes) > 1 and not owners:
+            raise UsageError(f"curriculum.{key}: none of the curricula {', '.join(classes)} has this setting")
+        if len(owners) > 1:
+            raise UsageError(
+                f"curriculum.{key}: curricula {' and '.join(owners)} both have this setting; "
+                f"name one: curriculum.{owners[0]}.{key}=..."
+            )
+        own[owners[0] if owners else next(iter(classes))][key] = value
+    for name in classes:
+        if isinstance(table.get(name), dict):
+            own[name].update(table[name])
+    return own
