@@ -54,7 +54,7 @@ def build_trainee(arch: str, d_in: int, width: int, batch: int, lr: float, seed:
     import torch
 
     from saezoo.config.resolve import resolve_run
-    from saezoo.train import Trainee
+    from saezoo.trainer import Trainee
 
     run = resolve_run(
         arch,

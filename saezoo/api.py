@@ -159,8 +159,8 @@ def train(
     from saezoo import catalog, checkpoint, distributed
     from saezoo.activations.factory import build_source
     from saezoo.config.resolve import resolve_run, run_from_dict
-    from saezoo.train import resolve_device
-    from saezoo.train import train as run_training
+    from saezoo.trainer import resolve_device
+    from saezoo.trainer import train as run_training
 
     distributed.init_from_env()
     if register is not None:  # before hours of training, not after
@@ -282,9 +282,9 @@ def evaluate(
     from saezoo import checkpoint
     from saezoo.activations.factory import build_source
     from saezoo.config.resolve import run_from_dict
-    from saezoo.evaluate import check_absorption, full_evaluation
+    from saezoo.evaluation import check_absorption, full_evaluation
     from saezoo.host_memory import check_fits
-    from saezoo.train import nonfinite_result, resolve_device
+    from saezoo.trainer import nonfinite_result, resolve_device
 
     if isinstance(sae, Loaded):
         if data:
@@ -361,7 +361,7 @@ def compare(
     """Train several SAEs on one activation stream and evaluate them, and any registry entries
     among ``specs``, on the same held-out tokens (``saezoo compare``). A spec is
     ``ARCH[:PRESET][@CURRICULUM]`` or a registry entry name; ``seeds`` a count or a list."""
-    from saezoo.compare import parse_seeds, resolve_variants, run_compare
+    from saezoo.comparison import parse_seeds, resolve_variants, run_compare
 
     settings = {"source": source, **settings}
     if settings.get("steps") is not None and tokens is not None:

@@ -302,7 +302,7 @@ def compare(
 ) -> None:
     """Train several SAEs on one activation stream and report them side by side."""
     from saezoo import api
-    from saezoo.compare import print_table
+    from saezoo.comparison import print_table
 
     comparison = api.compare(
         *specs,
@@ -633,7 +633,7 @@ def _allocation_failure(exc: RuntimeError) -> str | None:
 def main() -> None:
     """Console entry point: one line on stderr and a meaningful exit code for every known error."""
     # SIGTERM stops every command the way Ctrl-C does (exit 130 and one line), never with a
-    # silent 143; training refines it (see saezoo.train.StopSignals).
+    # silent 143; training refines it (see saezoo.trainer.StopSignals).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     code = None
     try:

@@ -53,7 +53,7 @@ def register_datasets(register):
 def register_metrics(register):
     """Register extra evaluation metrics: ``register("my_metric", metric_fn)``.
 
-    ``metric_fn(batch)`` receives an :class:`saezoo.evaluate.EvalBatch` for every
+    ``metric_fn(batch)`` receives an :class:`saezoo.evaluation.EvalBatch` for every
     evaluation batch and returns a dict of floats, averaged over batches (weighted by
     token count) in the report.
     """

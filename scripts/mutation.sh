@@ -5,7 +5,7 @@
 #   bash scripts/mutation.sh MODULE [PYTEST ARGS...]
 #
 # MODULE is hierarchy, distributed, checkpoint, train-resume (the resume path of
-# saezoo/train.py) or evaluate; without PYTEST ARGS each runs the tests that exercise it
+# saezoo/trainer.py) or evaluate; without PYTEST ARGS each runs the tests that exercise it
 # (the table below). The run works on a copy of the working tree (MUTATION_SOURCE, default
 # this checkout) under MUTATION_WORKDIR, so the checkout itself is never mutated and stays
 # usable meanwhile. It prints mutmut's counts and the diff of every surviving mutant.
@@ -37,10 +37,10 @@ case "$module" in
                            resume-without-state missing-run out-has-run disk-full; do
                   tests+=("tests/test_errors.py::test_error_row[$row]")
                 done ;;
-  train-resume) file=saezoo/train.py
+  train-resume) file=saezoo/trainer.py
                 tests=(tests/test_resume.py::test_resume_continues_from_the_checkpointed_step
                        tests/test_resume.py::test_sigterm_saves_and_says_how_to_resume) ;;
-  evaluate)     file=saezoo/evaluate.py
+  evaluate)     file=saezoo/evaluation.py
                 tests=(tests/test_metrics.py tests/test_properties.py tests/test_hierarchy.py) ;;
   *) echo "scripts/mutation.sh: unknown module '$module'" >&2; exit 2 ;;
 esac

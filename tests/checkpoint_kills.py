@@ -33,9 +33,9 @@ import torch
 torch.set_num_threads(1)  # forked children must not inherit a thread pool; also the reference's setting
 
 import saezoo.cli  # noqa: E402  (import everything once, before the first fork)
-import saezoo.evaluate  # noqa: E402,F401
+import saezoo.evaluation  # noqa: E402,F401
 import saezoo.plots  # noqa: E402,F401
-import saezoo.train  # noqa: E402,F401
+import saezoo.trainer  # noqa: E402,F401
 import torch._dynamo  # noqa: E402,F401  (the optimiser imports it lazily; seconds per child otherwise)
 from saezoo import checkpoint as ckpt  # noqa: E402
 from saezoo.plugins import get_plugins  # noqa: E402

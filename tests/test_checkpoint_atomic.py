@@ -32,7 +32,7 @@ EXTRA = ["--set", "train.checkpoint_every=5", "--set", "train.seed=11"]
 #   cfg 0      right after cfg.json is written, before the first checkpoint
 DRIVER = """
 import os, signal, sys
-import saezoo.cli, saezoo.train
+import saezoo.cli, saezoo.trainer
 from saezoo import checkpoint as ckpt
 mode, at = sys.argv[1], int(sys.argv[2])
 sys.argv[1:3] = []
@@ -47,12 +47,12 @@ if mode == "save":
         real_write(run_dir, step, term_then_write)
     ckpt.write_checkpoint = write_checkpoint
 elif mode == "eval":
-    import saezoo.evaluate
-    real_eval = saezoo.evaluate.full_evaluation
+    import saezoo.evaluation
+    real_eval = saezoo.evaluation.full_evaluation
     def full_evaluation(*args, **kwargs):
         term()
         return real_eval(*args, **kwargs)
-    saezoo.evaluate.full_evaluation = saezoo.train.full_evaluation = full_evaluation
+    saezoo.evaluation.full_evaluation = saezoo.trainer.full_evaluation = full_evaluation
 elif mode == "cfg":
     real_json = ckpt.write_json
     def write_json(path, data):

@@ -11,7 +11,7 @@ import torch
 
 from saezoo import catalog, hookimpl, plugins
 from saezoo.activations import SyntheticConfig, SyntheticSource
-from saezoo.compare import SIMILAR_COLUMN, _within_spread, parse_seeds, resolve_variants, run_compare, table_rows
+from saezoo.comparison import SIMILAR_COLUMN, _within_spread, parse_seeds, resolve_variants, run_compare, table_rows
 from saezoo.errors import UsageError
 from saezoo_flat.sae import FlatConfig, FlatSAE
 
@@ -311,7 +311,7 @@ def test_shipped_registry_metrics_are_reproduced(tmp_path, monkeypatch):
     same held-out tokens (the manifests' 8192) of the source they name."""
     from saezoo.activations.factory import build_source
     from saezoo.config import DataConfig
-    from saezoo.evaluate import evaluate_sae
+    from saezoo.evaluation import evaluate_sae
 
     monkeypatch.delenv("SAEZOO_REGISTRY", raising=False)
     monkeypatch.setenv("SAEZOO_CACHE", str(demo_cache(tmp_path)))

@@ -17,7 +17,7 @@ from saezoo.config.fields import field_docs
 from saezoo.config.resolve import resolve_run
 from saezoo.curriculum import check_compatible
 from saezoo.plugins import Plugins
-from saezoo.train import train
+from saezoo.trainer import train
 from saezoo_curricula.schedules import Constant, KAnneal, SparsityWarmup, TierUnlock
 from saezoo_curricula.target_l0 import TargetL0
 from saezoo_flat.sae import FlatSAE

@@ -12,10 +12,10 @@ import pytest
 
 from saezoo import Curriculum, UsageError, hookimpl, plugins
 from saezoo.activations.synthetic import SyntheticConfig, SyntheticSource
-from saezoo.compare import _matched_l0, resolve_variants, run_compare
+from saezoo.comparison import _matched_l0, resolve_variants, run_compare
 from saezoo.config.resolve import resolve_run, run_from_dict
 from saezoo.curriculum import Curricula, multiply
-from saezoo.train import Interrupted, train_many
+from saezoo.trainer import Interrupted, train_many
 from saezoo_curricula.schedules import SparsityWarmup
 from saezoo_curricula.target_l0 import TargetL0
 from saezoo_flat.sae import FlatSAE
@@ -178,7 +178,7 @@ def test_resume_restores_every_curriculum_state(extra_curricula, tmp_path, monke
     weights equal an uninterrupted run's (a curriculum restarted from scratch would change
     the learning rate or the penalty, and with them the weights)."""
     from saezoo.checkpoint import load_tensors
-    from saezoo.train import Trainee
+    from saezoo.trainer import Trainee
 
     steps, stop_at = 12, 7
     train = {"steps": steps, "batch_size": 256, "eval_tokens": 512, "eval_every": 0, "checkpoint_every": 0,

@@ -40,7 +40,7 @@ def test_plugin_metric_is_reported():
 
     from saezoo import hookimpl, plugins
     from saezoo.checkpoint import build_sae
-    from saezoo.evaluate import evaluate_sae
+    from saezoo.evaluation import evaluate_sae
 
     class CosinePlugin:
         @staticmethod

@@ -9,7 +9,7 @@ import torch
 
 from saezoo.activations.synthetic import SyntheticConfig, SyntheticSource
 from saezoo.config.resolve import resolve_run
-from saezoo.evaluate import evaluate_sae
+from saezoo.evaluation import evaluate_sae
 from saezoo.plugins import get_plugins
 from saezoo_hsae.sae import HSAE, HSAEConfig
 

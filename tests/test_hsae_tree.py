@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saezoo.activations.synthetic import SyntheticConfig, SyntheticSource
-from saezoo.compare import _matched_l0
+from saezoo.comparison import _matched_l0
 from saezoo.config.resolve import resolve_run
 from saezoo.curriculum import check_compatible
 from saezoo.errors import UsageError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saezoo import evaluate as ev
+from saezoo import evaluation as ev
 from saezoo.activations.source import GroundTruth
 from saezoo.sae import SAE
 

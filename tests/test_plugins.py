@@ -94,7 +94,7 @@ def test_fixture_plugin_is_listed(tiny_plugin):
 def test_fixture_plugin_trains(tiny_plugin, tmp_path):
     from saezoo.activations import SyntheticConfig, SyntheticSource
     from saezoo.config.resolve import resolve_run
-    from saezoo.train import train
+    from saezoo.trainer import train
 
     run = resolve_run("tiny", options={"train": {"steps": 10, "batch_size": 256, "eval_tokens": 512}}, sets=["width=32"])
     source = SyntheticSource(SyntheticConfig(d_in=16))

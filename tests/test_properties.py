@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saezoo import evaluate as ev
+from saezoo import evaluation as ev
 from saezoo.config.coerce import coerce
 from saezoo.config.layers import parse_set
 from saezoo.errors import UsageError

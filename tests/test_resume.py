@@ -101,7 +101,7 @@ def test_resume_continues_from_the_checkpointed_step(tmp_path, monkeypatch):
 
     from saezoo.activations.synthetic import SyntheticConfig, SyntheticSource
     from saezoo.config.resolve import resolve_run
-    from saezoo.train import Interrupted, Trainee, train_many
+    from saezoo.trainer import Interrupted, Trainee, train_many
 
     steps, stop_at, batch_size = 12, 5, 256
     train = {"steps": steps, "batch_size": batch_size, "eval_tokens": 512, "eval_every": 0, "checkpoint_every": 0,

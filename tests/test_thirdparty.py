@@ -11,7 +11,7 @@ import torch
 
 import thirdparty_plugin
 from saezoo import checkpoint, export, plugins
-from saezoo.compare import resolve_variants, run_compare
+from saezoo.comparison import resolve_variants, run_compare
 from saezoo.errors import UsageError
 
 from helpers import FAST_SETS

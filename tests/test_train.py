@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from saezoo.train import lr_factor
+from saezoo.trainer import lr_factor
 
 from helpers import assert_same_weights, run_cli
 
@@ -44,7 +44,7 @@ def test_compiled_forward_trains_like_eager(tmp_path):
 
     from saezoo.activations.synthetic import SyntheticConfig, SyntheticSource
     from saezoo.config.resolve import resolve_run
-    from saezoo.train import Trainee
+    from saezoo.trainer import Trainee
 
     source = SyntheticSource(SyntheticConfig())
     batches = [b for _, b in zip(range(20), source.batches(512))]

@@ -79,14 +79,14 @@ def fired_from_topk(indices: Tensor, values: Tensor, width: int) -> Tensor:
 
 
 def _saezoo(arch: str, s: Settings, sample: Tensor, sae_options: dict[str, Any], autocast: str = "none") -> Driver:
-    """saezoo's real ``Trainee.train_step`` (saezoo/train.py), set up as ``train_many``
+    """saezoo's real ``Trainee.train_step`` (saezoo/trainer.py), set up as ``train_many``
     does: ``resolve_run`` for the config, ``Trainee.start`` on the first INIT_TOKENS
     tokens (normalisation scale, data-dependent init, step-0 checkpoint, TensorBoard
     writer; scalars are logged every ``log_every`` = 10 steps as in a real run).
     ``autocast="bf16"``: the SAE's forward under ``torch.autocast`` (``train.autocast``)."""
     from saezoo.config.resolve import resolve_run
-    from saezoo.evaluate import evaluate_sae
-    from saezoo.train import Trainee
+    from saezoo.evaluation import evaluate_sae
+    from saezoo.trainer import Trainee
 
     run = resolve_run(
         arch,

@@ -30,7 +30,7 @@ from saezoo.config.layers import merge
 from saezoo.config.resolve import resolve_run
 from saezoo.errors import TrainingDiverged
 from saezoo.sae import group_slices
-from saezoo.train import INIT_TOKENS, Trainee
+from saezoo.trainer import INIT_TOKENS, Trainee
 from saezoo_hsae.sae import DenseHSAE
 
 # A few minutes on two CPU cores: half the synthetic source's dimension and features (the

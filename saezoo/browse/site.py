@@ -58,7 +58,7 @@ def build(
     targets: list[Loaded], out: Path, tokens: int, device: str | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Browse ``targets`` (one SAE, or two side by side) on ``tokens`` held-out tokens; write the site to ``out``."""
-    from saezoo.train import resolve_device
+    from saezoo.trainer import resolve_device
 
     started = time.perf_counter()
     if tokens < 1:

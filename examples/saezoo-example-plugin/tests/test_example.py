@@ -139,7 +139,7 @@ def test_trains_on_synthetic_features(tmp_path):
     """A short run through saezoo's own trainer learns a sparse code that explains the data."""
     from saezoo.activations.factory import build_source
     from saezoo.config.resolve import resolve_run
-    from saezoo.train import train
+    from saezoo.trainer import train
 
     sets = ["train.batch_size=1024", "train.eval_tokens=4096", "train.eval_every=0", "train.warmup_steps=10"]
     run = resolve_run(NAME, options={"data": {"source": "synthetic"}, "train": {"steps": 150, "device": "cpu"}}, sets=sets)

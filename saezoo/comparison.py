@@ -27,7 +27,7 @@ from saezoo.config.layers import merge, parse_set, read_toml
 from saezoo.config.resolve import resolve_run
 from saezoo.curriculum import SEPARATOR, check_compatible, curriculum_names
 from saezoo.errors import UsageError, unknown_name
-from saezoo.evaluate import absorption_metrics, downstream_metrics, full_evaluation
+from saezoo.evaluation import absorption_metrics, downstream_metrics, full_evaluation
 
 # Columns of the terminal table and report.md, in order, when present.
 TABLE_METRICS = [
@@ -285,7 +285,7 @@ def run_compare(
     """Train the trainable variants on one stream (each once per seed of ``seeds``, None:
     once at train.seed), evaluate all on the same tokens."""
     from saezoo.activations.factory import build_source
-    from saezoo.train import resolve_device, train_many
+    from saezoo.trainer import resolve_device, train_many
 
     trained = [v for v in variants if v.run is not None]
     base = trained[0].run if trained else None

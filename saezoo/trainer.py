@@ -29,7 +29,7 @@ from saezoo.activations.source import ActivationSource
 from saezoo.config import RunConfig
 from saezoo.curriculum import Curricula, check_compatible
 from saezoo.errors import SaezooError, TrainingDiverged, UsageError
-from saezoo.evaluate import check_absorption, evaluate_sae, full_evaluation
+from saezoo.evaluation import check_absorption, evaluate_sae, full_evaluation
 from saezoo.host_memory import keep_freed_memory
 from saezoo.sae import SAE, group_slices
 
