@@ -99,6 +99,50 @@ def test_a_child_never_fires_without_its_parent(d_in, top, ratios, k, batch, see
         start += width
 
 
+def dense_reference(sae: TreeHSAE, pre: torch.Tensor, k: int) -> torch.Tensor:
+    """The tree's training selection written out on every pre-activation: tier 1 keeps the
+    batch x budget largest; each firing parent offers its best child, and each deeper tier
+    keeps the batch x budget largest offers; only positive values are kept."""
+    batch = pre.shape[0]
+    codes = torch.zeros_like(pre)
+    start, fires = 0, None
+    for tier, (width, budget) in enumerate(zip(sae.tier_widths, sae.tier_budgets(k))):
+        block = pre[:, start : start + width]
+        if fires is None:
+            offers, choice = block, torch.arange(width).expand(batch, width)
+        else:
+            ratio = width // fires.shape[1]
+            best, which = block.unflatten(1, (-1, ratio)).max(-1)
+            offers = best.masked_fill(~fires, float("-inf"))
+            choice = torch.arange(fires.shape[1]) * ratio + which
+        n = min(max(1, round(batch * budget)), offers.numel())
+        value, index = offers.flatten().topk(n)
+        kept = value > 0
+        token, column = index[kept] // offers.shape[1], index[kept] % offers.shape[1]
+        latent = choice[token, column]
+        codes[token, start + latent] = value[kept]
+        fires = torch.zeros(batch, width, dtype=torch.bool)
+        fires[token, latent] = True
+        start += width
+    return codes
+
+
+@pytest.mark.parametrize("widths", [[6, 18, 36], [5, 20], [4, 8, 24, 48]])
+def test_children_are_computed_for_firing_parents_only_and_the_selection_is_the_dense_one(widths):
+    """The encoder computes tier 1's pre-activations and those of firing parents' children
+    alone; what it keeps is what the selection on every pre-activation keeps."""
+    sae = tree(8, widths, k=2 * len(widths), seed=1)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(sae.W_enc.shape, generator=gen))
+        sae.b_enc.copy_(torch.randn(sae.b_enc.shape, generator=gen) * 0.5)
+        x = torch.randn(96, 8, generator=gen)
+        codes = sae(x).codes
+        expected = dense_reference(sae, sae.pre_activations(x), sae.cfg.k)
+    torch.testing.assert_close(codes, expected)
+    assert (codes[:, widths[0]:] > 0).any(), "no child fired: the test would not test the children"
+
+
 @pytest.mark.parametrize(("k", "shares", "budgets"), [(6, None, [2, 2, 2]), (40, None, [40 / 3] * 3), (10, [2, 1, 1], [5, 2.5, 2.5])])
 def test_each_tier_spends_its_share_of_k(k, shares, budgets):
     torch.manual_seed(0)

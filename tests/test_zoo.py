@@ -90,7 +90,7 @@ def test_fused_topk_gradients_equal_autograd_on_the_dense_formula(selection):
     """Every input of the fused node (the input too, which training never needs) gets the
     gradient autograd gives the plain formula; ties and zeroed values included, and for the
     batch selection tokens with no selected latent at all."""
-    from saezoo_topk.fused import sparse_autoencode, token_topk
+    from saezoo_topk.fused import dense_encoder, sparse_autoencode, token_topk
     from saezoo_topk.sae import BatchTopKConfig, BatchTopKSAE, largest_entries
 
     gen = torch.Generator().manual_seed(3)
@@ -107,7 +107,7 @@ def test_fused_topk_gradients_equal_autograd_on_the_dense_formula(selection):
         leaves = [t.clone().requires_grad_() for t in (x, W_enc, b_enc, W_dec)]
         xl, We, be, Wd = leaves
         if fused:
-            x_hat, _, _, offsets = sparse_autoencode(xl, We, be, Wd, select)
+            x_hat, _, _, offsets = sparse_autoencode(xl, We, be, Wd, dense_encoder(select))
         else:
             pre = xl @ We + be
             if selection == "token":

@@ -4,10 +4,13 @@ only where its parent fires (``hsae`` with ``coupling=tree``, the ``tree`` prese
 Tier widths are whole multiples of each other: the latents of tier i are grouped in blocks of
 ``children_per_parent`` (the width ratio), block p belonging to latent p of tier i-1. Each
 latent has its own encoder column and decoder row, as in a flat SAE, so the dictionary is one
-``[width, d_in]`` matrix and a step is one dense encoder pass (what TopK pays), the
-selection, and topk's fused sparse node (``saezoo_topk.fused``), whose backward touches the
-selected entries only. Nothing costs width^2: the hierarchy lives in the selection, not in
-weights between tiers.
+``[width, d_in]`` matrix. A step computes tier 1's pre-activations (a dense product over
+tier 1's columns only), then, tier by tier, those of the children of the parents that fire
+(a product sampled at those entries, ``torch.sparse.sampled_addmm``: O(batch x k x ratio x
+d_in)), and goes through topk's fused sparse node (``saezoo_topk.fused``), whose backward
+touches the selected entries only. So a step costs less than TopK's at the same width
+(TopK computes every pre-activation), and nothing costs width^2: the hierarchy lives in the
+selection, not in weights between tiers.
 
 The selection goes down the tiers (as H-SAE, Muchane et al. 2025: top-level TopK, children of
 active parents only, one child per active parent). Tier 1 keeps its largest pre-activations;
@@ -41,7 +44,7 @@ from torch import Tensor
 from saezoo import SAEOutput
 from saezoo_hsae.placement import SAMPLE_TOKENS, Placement
 from saezoo_hsae.sae import HSAE, HSAEConfig, tier_widths
-from saezoo_topk.fused import Selection
+from saezoo_topk.fused import Encoder, csr
 from saezoo_topk.sae import TopKFamilySAE, by_token, largest_entries, squared_error
 
 
@@ -105,55 +108,63 @@ class TreeHSAE(HSAE, TopKFamilySAE):
             start += width
         return torch.cat(parents)
 
-    def selection(self, k: int) -> Selection:
+    def encoder(self, k: int) -> Encoder:
         budgets = self.tier_budgets(k)
         # Until thresholds have been estimated, eval mode keeps the batch rule.
         by_threshold = not self.training and self.threshold_updates > 0
 
-        def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            batch, width = pre.shape
-            tokens, latents, values = [], [], []
-            fires, start = None, 0
-            for tier, (tier_width, budget) in enumerate(zip(self.tier_widths, budgets)):
-                block = pre[:, start : start + tier_width]
-                if fires is None:
-                    token, local, value = self._keep(block, budget, tier, by_threshold)
-                else:
-                    # Each firing parent's best child: the max over its block of children
-                    # (amax: a max that also returned indices costs 4x more over so short a
-                    # dimension), then which child it was, for the kept parents only.
-                    ratio = tier_width // fires.shape[1]
-                    best = block.unflatten(1, (-1, ratio)).amax(-1).masked_fill(~fires, float("-inf"))
-                    token, column, value = self._keep(best, budget, tier, by_threshold)
-                    siblings = column.unsqueeze(1) * ratio + torch.arange(ratio, device=pre.device)
-                    local = column * ratio + block[token.unsqueeze(1), siblings].argmax(1)
-                if tier + 1 < len(self.tier_widths):
-                    fires = torch.zeros(batch, tier_width, dtype=torch.bool, device=pre.device)
-                    fires[token, local] = True
+        def encode(x: Tensor, W_enc: Tensor, b_enc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            batch, width = x.shape[0], W_enc.shape[1]
+            first = self.tier_widths[0]
+            pre = torch.addmm(b_enc[:first], x, W_enc[:, :first])
+            index, value = self._keep(pre, budgets[0], 0, by_threshold, batch)
+            token, latent = index // first, index % first
+            tokens, latents, values = [token], [latent], [value]
+            start = 0  # of the parents' tier
+            for tier, ratio in enumerate(self.children_per_parent, start=1):
+                # The children of each firing parent, in a CSR pattern by token (rows sorted,
+                # columns increasing), and only their pre-activations: a product sampled at
+                # those entries.
+                order = (token * width + latent).argsort()
+                token, latent = token[order], latent[order]
+                child_start = start + self.tier_widths[tier - 1]
+                children = child_start + (latent - start).unsqueeze(1) * ratio + torch.arange(ratio, device=x.device)
+                rows = torch.zeros(batch + 1, dtype=torch.long, device=x.device)
+                torch.cumsum(torch.bincount(token, minlength=batch) * ratio, 0, out=rows[1:])
+                pattern = csr(rows, children.flatten(), x.new_zeros(children.numel()), (batch, width))
+                pre = torch.sparse.sampled_addmm(pattern, x, W_enc).values().view_as(children) + b_enc[children]
+                # Siblings are exclusive: each firing parent offers its best child.
+                best, which = pre.max(1)
+                index, value = self._keep(best, budgets[tier], tier, by_threshold, batch)
+                token, latent = token[index], children[index, which[index]]
                 tokens.append(token)
-                latents.append(start + local)
+                latents.append(latent)
                 values.append(value)
-                start += tier_width
+                start = child_start
             token, latent, value = torch.cat(tokens), torch.cat(latents), torch.cat(values)
             order = (token * width + latent).argsort()
             return by_token(token[order], latent[order], value[order], batch)
 
-        return select
+        return encode
 
-    def _keep(self, candidates: Tensor, budget: float, tier: int, by_threshold: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """(token, column, value) of the kept candidates, all positive: the batch x budget
-        largest (training: the tier's threshold follows the smallest kept) or those above
-        the tier's threshold."""
-        batch, columns = candidates.shape
+    def _keep(
+        self, candidates: Tensor, budget: float, tier: int, by_threshold: bool, batch: int
+    ) -> tuple[Tensor, Tensor]:
+        """(flat index, value) of the kept candidates, all positive: the batch x budget largest
+        (training: the tier's threshold follows the smallest kept) or those above the tier's
+        threshold. ``candidates``: tier 1's pre-activations ``[batch, width]``, or one per
+        firing parent in a deeper tier."""
+        flat = candidates.flatten()
         if by_threshold:
-            token, column = (candidates > self.thresholds[tier].clamp_min(0)).nonzero(as_tuple=True)
-            return token, column, candidates[token, column]
-        value, flat = largest_entries(candidates, min(max(1, round(batch * budget)), candidates.numel()))
+            index = (flat > self.thresholds[tier].clamp_min(0)).nonzero().squeeze(1)
+            return index, flat[index]
+        n = min(max(1, round(batch * budget)), flat.numel())
+        value, index = largest_entries(candidates, n) if candidates.dim() == 2 else flat.topk(n, sorted=False)
         positive = value > 0
-        value, flat = value[positive], flat[positive]
+        value, index = value[positive], index[positive]
         if self.training and value.numel():
             self._update_threshold(tier, value.min())
-        return flat // columns, flat % columns, value
+        return index, value
 
     @torch.no_grad()
     def _update_threshold(self, tier: int, smallest: Tensor) -> None:

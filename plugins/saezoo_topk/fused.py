@@ -12,9 +12,11 @@ entries of either gradient are non-zero. This node's backward touches those entr
 * b_enc's gradient is a scatter-add of the same entries.
 
 A step then costs the dense encoder forward plus O(batch x k x d_in), the floor of a TopK
-SAE. The selection is a function the caller passes (each token's k largest for TopK, the
-batch's batch x k largest for BatchTopK); the node only needs its entries in CSR order.
-The forward is the plain computation (the selection, then ``embedding_bag``), so the
+SAE. The encoder is a function the caller passes: most compute every pre-activation and
+select from them (:func:`dense_encoder`: each token's k largest for TopK, the batch's
+batch x k largest for BatchTopK); the tree-gated HSAE computes only those of tier 1 and of
+the children of firing parents. The node only needs the selected entries in CSR order.
+The forward is the plain computation (the encoder, then ``embedding_bag``), so the
 values equal the unfused path's; ``tests/test_zoo.py`` checks the gradients against
 autograd on the dense formulas, for both selections.
 """
@@ -34,17 +36,26 @@ Selection = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
 token t owning ``offsets[t]`` up to ``offsets[t + 1]`` (or the end), each token's in
 increasing latent order, values ReLU'd."""
 
+Encoder = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+"""``(x, W_enc, b_enc)`` -> the selected entries (as a :data:`Selection` returns them) of the
+pre-activations ``x @ W_enc + b_enc``, computing as many of those as it needs."""
+
+
+def dense_encoder(select: Selection) -> Encoder:
+    """Every pre-activation, then ``select``."""
+    return lambda x, W_enc, b_enc: select(torch.addmm(b_enc, x, W_enc))
+
 
 def sparse_autoencode(
-    x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, select: Selection
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, encode: Encoder
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(x̂ without b_dec ``[B, d]``, latent, value, offsets) for pre = x @ W_enc + b_enc
-    and the entries ``select(pre)`` keeps.
+    """(x̂ without b_dec ``[B, d]``, latent, value, offsets) for the entries of
+    pre = x @ W_enc + b_enc that ``encode`` keeps.
 
     Gradients flow to ``x``, ``W_enc``, ``b_enc`` and ``W_dec`` through x̂ only: the
     selected entries are outputs for bookkeeping (dense codes, firing counts), not for
     losses."""
-    return _SparseAutoencode.apply(x, W_enc, b_enc, W_dec, select)
+    return _SparseAutoencode.apply(x, W_enc, b_enc, W_dec, encode)
 
 
 def token_topk(k: int) -> Selection:
@@ -61,9 +72,8 @@ def token_topk(k: int) -> Selection:
 
 class _SparseAutoencode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, select: Selection):
-        pre = torch.addmm(b_enc, x, W_enc)
-        latents, values, offsets = select(pre)
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, encode: Encoder):
+        latents, values, offsets = encode(x, W_enc, b_enc)
         values = values.to(W_dec.dtype)  # bf16 under autocast
         x_hat = F.embedding_bag(latents, W_dec, offsets, mode="sum", per_sample_weights=values)
         ctx.save_for_backward(x, W_enc, W_dec, values, latents, offsets)
@@ -77,7 +87,7 @@ class _SparseAutoencode(torch.autograd.Function):
         g = grad_x_hat.to(W_dec.dtype).contiguous()
         # The selected entries as a [batch, width] CSR pattern, token by token.
         rows = torch.cat([offsets, offsets.new_full((1,), latents.numel())])
-        pattern = _csr(rows, latents, torch.zeros_like(values), (batch, width))
+        pattern = csr(rows, latents, torch.zeros_like(values), (batch, width))
         grad_values = torch.sparse.sampled_addmm(pattern, g, W_dec.T).values()
         grad_pre = grad_values * (values > 0)  # the ReLU
         # The same entries grouped by latent: a [width, batch] matrix to multiply by g and x.
@@ -88,7 +98,7 @@ class _SparseAutoencode(torch.autograd.Function):
         torch.cumsum(counts, 0, out=crow[1:])
 
         def by_latent_times(entries: Tensor, dense: Tensor) -> Tensor:
-            matrix = _csr(crow, tokens[by_latent], entries[by_latent], (width, batch))
+            matrix = csr(crow, tokens[by_latent], entries[by_latent], (width, batch))
             return matrix @ dense
 
         grad_W_dec = by_latent_times(values, g)
@@ -103,7 +113,7 @@ class _SparseAutoencode(torch.autograd.Function):
         return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, None
 
 
-def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+def csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
     # Built from indices this module sorted itself; checking them would cost a pass each.
     # torch calls CSR support "beta"; what is used here (construction, sampled_addmm,
     # CSR @ dense) is tested against dense autograd, so the notice is not shown to users.

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from saezoo import SAEOutput
 from saezoo.errors import UsageError
 from saezoo.sae import RELU_SAELENS_TENSORS, SAELensForm, UnitNormDictionarySAE, encoder_inputs, pre_activations
-from saezoo_topk.fused import Selection, sparse_autoencode, token_topk
+from saezoo_topk.fused import Encoder, Selection, dense_encoder, sparse_autoencode, token_topk
 
 
 @dataclass
@@ -100,6 +100,11 @@ class TopKFamilySAE(UnitNormDictionarySAE):
         """The function from pre-activations to the kept entries (see ``fused.Selection``)."""
         raise NotImplementedError
 
+    def encoder(self, k: int) -> Encoder:
+        """The fused node's encoder (see ``fused.Encoder``): every pre-activation, then the
+        selection."""
+        return dense_encoder(self.selection(k))
+
     def select(self, pre: Tensor, k: int) -> tuple[Tensor, ActiveLatents]:
         """Dense codes ``[batch, width]`` and the same codes as :class:`ActiveLatents`."""
         active = ActiveLatents(*self.selection(k)(pre))
@@ -115,7 +120,9 @@ class TopKFamilySAE(UnitNormDictionarySAE):
 
     # --- the contract ------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
-        return self.select(self.pre_activations(x), self.cfg.k)[0]
+        centred, bias = encoder_inputs(x, self.W_enc, self.b_enc, self.b_dec)
+        active = ActiveLatents(*self.encoder(self.cfg.k)(centred, self.W_enc, bias))
+        return dense_codes(active, x.shape[0], self.width)
 
     def decode(self, codes: Tensor) -> Tensor:
         return codes @ self.W_dec + self.b_dec
@@ -132,7 +139,7 @@ class TopKFamilySAE(UnitNormDictionarySAE):
             # The fused node never exposes the dense pre-activations; AuxK recomputes those
             # of the dead latents only.
             centred, bias = encoder_inputs(x, self.W_enc, self.b_enc, self.b_dec)
-            x_hat, *active = sparse_autoencode(centred, self.W_enc, bias, self.W_dec, self.selection(k))
+            x_hat, *active = sparse_autoencode(centred, self.W_enc, bias, self.W_dec, self.encoder(k))
             codes = dense_codes(ActiveLatents(*active), x.shape[0], self.width)
             pre_of = lambda dead: pre_activations(x, self.W_enc[:, dead], self.b_enc[dead], self.b_dec)  # noqa: E731
             return x_hat + self.b_dec, codes, pre_of
