@@ -257,6 +257,36 @@ def test_a_guest_child_moves_up_to_a_free_slot_of_tier_one():
     assert label[unmoved].tolist() == unmoved
 
 
+def test_a_latent_that_just_moved_down_is_not_sent_back_up_until_it_settles():
+    """In the window after a move, the latent still carries its new parent's direction, so the
+    parent looks unused on its tokens: the guest rule waits SETTLE_WINDOWS windows (on the
+    synthetic tree, grandchildren went down and up every window without this)."""
+    from saezoo_hsae.placement import SETTLE_WINDOWS
+
+    sae = tree(8, [4, 8], k=4)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.arange(12, dtype=torch.float).unsqueeze(1).expand(-1, 8))
+    placement = Placement([4, 8], sae.latent_parents())
+
+    def window(codes: torch.Tensor) -> int:
+        placement.record(codes, torch.zeros(len(codes), 8), torch.full((12, 8), 8**-0.5))
+        moves = placement.regraft(sae, share=0.5)
+        placement.reset()
+        return moves
+
+    inside = torch.zeros(400, 12)
+    inside[:100, 0] = 1.0
+    inside[:30, 1] = 1.0  # fires only inside latent 0: moves under it, into slot 4
+    assert window(inside) == 1 and int(sae.W_dec[4, 0]) == 1
+    guest = torch.zeros(400, 12)
+    guest[:100, 0] = 1.0
+    guest[100:200, 0] = 0.1  # latent 0 now fires on slot 4's tokens only to let it fire
+    guest[100:200, 4] = 1.0
+    for _ in range(SETTLE_WINDOWS):
+        assert window(guest) == 0 and int(sae.W_dec[4, 0]) == 1
+    assert window(guest) == 1 and int(sae.W_dec[4, 0]) != 1  # settled, still a guest: it goes up
+
+
 def test_prefix_losses_are_the_errors_of_tier_one_and_of_tiers_one_and_two():
     sae = tree(16, [16, 32, 64], k=6)
     x = torch.randn(64, 16, generator=torch.Generator().manual_seed(3))

@@ -42,6 +42,12 @@ MIN_LIFT = 4
 # without the child: the parent fires there only to let the child fire. Measured on the
 # synthetic tree [8, 4, 3]: guests 0.29-0.46, true children 0.79-1.4.
 GUEST_BELOW = 0.6
+# A latent that has just moved under a new parent still carries part of that parent's direction
+# (it absorbed it in its old place), so in the next window the parent looks unused on its
+# tokens and the guest rule would send it straight back up; on the synthetic tree [8, 4, 3]
+# grandchildren went down and up every window until moves stopped. It is exempt from the
+# guest rule for this many windows, while gating trains the absorbed direction out of its row.
+SETTLE_WINDOWS = 2
 
 
 class Placement:
@@ -67,6 +73,8 @@ class Placement:
         self.use = torch.zeros(width)  # sum over a latent's tokens of its use
         self.parent_use = torch.zeros(width)  # sum over a latent's tokens of its parent's use
         self.cofires = [torch.zeros(w, hi - lo) for w, (lo, hi) in zip(tier_widths, self.holders)]
+        # Windows left before a latent that moved down may move up (by position; moves carry it).
+        self.settling = torch.zeros(width, dtype=torch.long)
 
     def reset(self) -> None:
         self.tokens = 0
@@ -78,7 +86,7 @@ class Placement:
         """Add a batch to the window: its codes ``[batch, width]``, what the SAE left of it
         (``x - x_hat``) and the decoder ``[width, d_in]``."""
         if self.fires.device != codes.device:
-            for name in ("fires", "use", "parent_use", "parents"):
+            for name in ("fires", "use", "parent_use", "parents", "settling"):
                 setattr(self, name, getattr(self, name).to(codes.device))
             self.cofires = [table.to(codes.device) for table in self.cofires]
         codes, residual, decoder = codes.float(), residual.float(), decoder.float()
@@ -112,6 +120,7 @@ class Placement:
         for t in (self.fires, self.use, self.parent_use, *self.cofires):
             distributed.sum_ranks(t)
         self.touched: set[int] = set()
+        self.settling.clamp_(min=1).sub_(1)
         moved = 0
         for tier in range(len(self.cofires)):
             moved += self._move_down(sae, tier, share)
@@ -150,6 +159,7 @@ class Placement:
                 slot = int(block[self.fires[block].argmin()])
                 if self.fires[slot] * 2 < fires[a] and slot not in self.touched:
                     self.move(sae, tier, a_global, b_tier + 1, slot)
+                    self.settling[slot] = SETTLE_WINDOWS + 1  # this window's +1 goes at the next
                     moved += 1
                     break
         return moved
@@ -161,7 +171,7 @@ class Placement:
         with_child = self.parent_use / self.fires.clamp_min(1)
         # The parent's tokens without this child (a child fires only where its parent does).
         without = (self.use[parent] - self.parent_use) / (self.fires[parent] - self.fires).clamp_min(1)
-        guest = child & (self.fires[parent] > self.fires) & (with_child < GUEST_BELOW * without)
+        guest = child & (self.fires[parent] > self.fires) & (with_child < GUEST_BELOW * without) & (self.settling == 0)
         top = torch.arange(self.widths[0])
         free = top[self.fires[top].argsort()].tolist()
         moved = 0
@@ -188,7 +198,8 @@ class Placement:
         """Swap ``latent`` (in ``tier``) with ``slot`` (in ``slot_tier``); its most used
         children take the least used child slots of ``slot``, and so on down."""
         swap(sae, latent, slot)
-        self.fires[[latent, slot]] = self.fires[[slot, latent]]
+        for stat in (self.fires, self.settling):
+            stat[[latent, slot]] = stat[[slot, latent]]
         self.touched.update((latent, slot))
         if tier + 1 >= len(self.widths) or slot_tier + 1 >= len(self.widths):
             return
