@@ -114,7 +114,7 @@ class _SparseAutoencode(torch.autograd.Function):
 
 
 def csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
-    # Built from indices this module sorted itself; checking them would cost a pass each.
+    # Built from indices its callers sorted themselves; checking them would cost a pass each.
     # torch calls CSR support "beta"; what is used here (construction, sampled_addmm,
     # CSR @ dense) is tested against dense autograd, so the notice is not shown to users.
     with warnings.catch_warnings():
