@@ -3,6 +3,7 @@ k, and that it learns."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -208,17 +209,24 @@ def test_short_synthetic_run_reconstructs_and_uses_every_tier():
 # --- placement: fixed slots, learned placement --------------------------------------------
 
 
+def labelled(widths: list[int]) -> tuple[TreeHSAE, Callable[[], torch.Tensor]]:
+    """A tree SAE whose decoder rows are random directions in 256 dimensions (pairwise cosines
+    below 0.3, so no row repeats another: no absorber, no repeat of a parent), and a function
+    giving the original position of the row now at each position."""
+    sae = tree(256, widths, k=4)
+    original = sae.W_dec.detach().clone()
+    return sae, lambda: (sae.W_dec.detach() @ original.T).argmax(1)
+
+
 def placed(widths: list[int], codes: torch.Tensor) -> tuple[TreeHSAE, torch.Tensor, int]:
-    """A tree SAE whose decoder rows are labelled (row j = j), after one regraft of ``codes``:
-    the SAE, the label now at each position, and the number of moves."""
-    sae = tree(8, widths, k=4)
-    with torch.no_grad():
-        sae.W_dec.copy_(torch.arange(sum(widths), dtype=torch.float).unsqueeze(1).expand(-1, 8))
+    """A tree SAE with labelled rows (:func:`labelled`) after one regraft of ``codes``: the
+    SAE, the label now at each position, and the number of moves."""
+    sae, labels = labelled(widths)
     placement = Placement(widths, sae.latent_parents())
     # Nothing left to reconstruct, unit decoder rows: a latent's use on a token is its value².
     placement.record(codes, torch.zeros(len(codes), 8), torch.full((sum(widths), 8), 8**-0.5))
     moves = placement.regraft(sae, share=0.5)
-    return sae, sae.W_dec[:, 0].long(), moves
+    return sae, labels(), moves
 
 
 def test_a_latent_that_fires_inside_another_moves_under_it_with_its_children():
@@ -263,9 +271,7 @@ def test_a_latent_that_just_moved_down_is_not_sent_back_up_until_it_settles():
     synthetic tree, grandchildren went down and up every window without this)."""
     from saezoo_hsae.placement import SETTLE_WINDOWS
 
-    sae = tree(8, [4, 8], k=4)
-    with torch.no_grad():
-        sae.W_dec.copy_(torch.arange(12, dtype=torch.float).unsqueeze(1).expand(-1, 8))
+    sae, labels = labelled([4, 8])
     placement = Placement([4, 8], sae.latent_parents())
 
     def window(codes: torch.Tensor) -> int:
@@ -277,14 +283,55 @@ def test_a_latent_that_just_moved_down_is_not_sent_back_up_until_it_settles():
     inside = torch.zeros(400, 12)
     inside[:100, 0] = 1.0
     inside[:30, 1] = 1.0  # fires only inside latent 0: moves under it, into slot 4
-    assert window(inside) == 1 and int(sae.W_dec[4, 0]) == 1
+    assert window(inside) == 1 and int(labels()[4]) == 1
     guest = torch.zeros(400, 12)
     guest[:100, 0] = 1.0
     guest[100:200, 0] = 0.1  # latent 0 now fires on slot 4's tokens only to let it fire
     guest[100:200, 4] = 1.0
     for _ in range(SETTLE_WINDOWS):
-        assert window(guest) == 0 and int(sae.W_dec[4, 0]) == 1
-    assert window(guest) == 1 and int(sae.W_dec[4, 0]) != 1  # settled, still a guest: it goes up
+        assert window(guest) == 0 and int(labels()[4]) == 1
+    assert window(guest) == 1 and int(labels()[4]) != 1  # settled, still a guest: it goes up
+
+
+def absorber_case(absorbed: bool) -> tuple[TreeHSAE, Placement, int]:
+    """Root 0 holds children 4 and 5 (both slots in use); latent 1 of tier 1 fires inside root
+    0 and with child 4 on 0.35 of its tokens (too few for the co-firing rule). With
+    ``absorbed`` its decoder row is half child 4's direction, half its own, and child 4's
+    encoder has learned to stay silent along it."""
+    e = torch.eye(8)
+    sae = tree(8, [4, 8, 16], k=4)
+    codes = torch.zeros(4000, 28)
+    codes[:400, 0] = 1  # the root
+    codes[:200, 4] = 1  # its child, the absorbed one
+    codes[200:300, 5] = 1  # its other child
+    codes[150:185, 1] = 1  # the absorber: with child 4 on 35 of its 100 tokens...
+    codes[300:365, 1] = 1  # ...and inside the root without it on the rest
+    with torch.no_grad():
+        sae.W_dec.copy_(e[4:].repeat(7, 1))  # every other row in e4..e7
+        sae.W_dec[0], sae.W_dec[4], sae.W_dec[5] = e[0], e[1], e[2]
+        sae.W_dec[1] = (e[1] + e[3]) / 2**0.5 if absorbed else (e[5] + e[3]) / 2**0.5
+        sae.W_enc[:, 4] = e[1] - e[3]
+    placement = Placement([4, 8, 16], sae.latent_parents())
+    placement.record(codes, torch.zeros(len(codes), 8), sae.W_dec.detach())
+    return sae, placement, placement.regraft(sae, share=0.5)
+
+
+def test_an_absorber_moves_under_the_latent_it_absorbed_which_may_fire_on_its_tokens_again():
+    e = torch.eye(8)
+    sae, placement, moves = absorber_case(absorbed=True)
+    assert moves == 1
+    # It took child 4's first free slot (12), its row without child 4's direction...
+    torch.testing.assert_close(sae.W_dec[12].detach(), e[3])
+    assert sae.W_dec[1].detach() @ e[3] == 0  # ...and what was in slot 12 came up
+    # Child 4's encoder no longer stays silent along it, and keeps the rest.
+    torch.testing.assert_close(sae.W_enc[:, 4].detach(), e[1])
+    assert int(placement.parents[12]) == 4
+
+
+def test_a_latent_whose_row_points_elsewhere_is_no_absorber():
+    sae, _, moves = absorber_case(absorbed=False)
+    assert moves == 0
+    torch.testing.assert_close(sae.W_enc[:, 4].detach(), torch.eye(8)[1] - torch.eye(8)[3])
 
 
 def test_prefix_losses_are_the_errors_of_tier_one_and_of_tiers_one_and_two():
