@@ -15,6 +15,14 @@ the wrong place. It swaps places with its new parent's least used child slot, an
 children follow it one tier down, recursively. A swap is a permutation of latents: nothing
 learned is lost, and the latent keeps its encoder and decoder.
 
+Co-firing cannot see an *absorber*: a grandchild + child latent in tier 1 stands for the child
+too where it fires, so the child's latent learns to stay silent there and the two fire together
+on too few tokens. Decoder rows see it (the absorber's row points part-way to the child's), so
+a latent whose row has cosine >= ``ABSORB_COS`` with a latent it fires with moves under that
+latent as well, and every latent that moves under a parent whose direction it took in is
+separated from it (:func:`separate`): the direction leaves its row, and the parent's encoder
+stops staying silent along the latent's new row.
+
 Counting co-firing costs tokens x (active latents of the tier)^2 per step, a scatter into a
 ``[width_i, width_i]`` table per tier that has children; nothing per step is width^2.
 """
