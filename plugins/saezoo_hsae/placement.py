@@ -177,9 +177,7 @@ class Placement:
                 b_tier = self.tier_of(b_global)
                 slot = self.slot(b_tier, b_global, float(fires[a]))
                 if slot is not None:
-                    self.move(sae, tier, a_global, b_tier + 1, slot)
-                    self.settling[slot] = SETTLE_WINDOWS + 1  # this window's +1 goes at the next
-                    separate(sae, slot, b_global)
+                    self.place(sae, tier, a_global, b_global, slot)
                     moved += 1
                     break
         return moved
@@ -217,7 +215,7 @@ class Placement:
         candidate[inside.nonzero().flatten(), own[inside]] = False
         best, holder = torch.where(candidate, cos, torch.full_like(cos, -2)).max(dim=1)
         moved = 0
-        for a in sorted((best > -2).nonzero().flatten().tolist(), key=lambda i: -float(best[i])):
+        for a in best.argsort(descending=True)[: int((best > -2).sum())].tolist():  # strongest first
             a_global, b_global = start + a, lo + int(holder[a])
             if {a_global, b_global} & self.touched:
                 continue
@@ -227,9 +225,7 @@ class Placement:
             slot = self.slot(b_tier, b_global, float(fires[a]))
             if slot is None:
                 continue
-            self.move(sae, tier, a_global, b_tier + 1, slot)
-            self.settling[slot] = SETTLE_WINDOWS + 1
-            separate(sae, slot, b_global)
+            self.place(sae, tier, a_global, b_global, slot)
             moved += 1
         return moved
 
@@ -254,6 +250,13 @@ class Placement:
             self.move(sae, self.tier_of(c), c, 0, free.pop(0))
             moved += 1
         return moved
+
+    def place(self, sae: nn.Module, tier: int, latent: int, holder: int, slot: int) -> None:
+        """Move ``latent`` (in ``tier``) into ``slot``, a child slot of ``holder``, where it
+        settles (the guest rule waits) and is separated from the holder's direction."""
+        self.move(sae, tier, latent, self.tier_of(holder) + 1, slot)
+        self.settling[slot] = SETTLE_WINDOWS + 1  # this window's +1 goes at the next
+        separate(sae, slot, holder)
 
     def slot(self, tier: int, holder: int, fires: float) -> int | None:
         """The child slot of ``holder`` (in ``tier``) for a latent firing ``fires`` times: its
