@@ -13,12 +13,14 @@ for as markdown tables.
 
 * ``tree843``: synthetic source with a three-level tree ``branching = [8, 4, 3]`` (plus 64
   independent features), d_in 64, L0 4 (the source's mean is about 3.5 features per token);
-  2688 latents (expansion 42) for the flat family, 160 / 640 / 1920 for the tree (tier 1 with
-  room for the 72 top-level features and more; 4 then 3 child slots per latent, as the
-  source), whose tier shares follow the source's firing rates per depth (top level 2.6,
-  depth 1 0.5, depth 2 0.4 features per token).
-* ``tree1232``: another shape, ``branching = [12, 3, 2]``, L0 5; 1600 latents (expansion 25),
-  the tree 160 / 480 / 960.
+  3392 latents (expansion 53) for the flat family, 160 / 640 / 2560 for the tree (tier 1 with
+  room for the 72 top-level features and more; 4 child slots per latent in both deeper tiers:
+  as many as the source's children, and one more than its grandchildren, the slot that a
+  parent's "no child fires" correction takes: plugins/saezoo_hsae/README.md), whose tier shares
+  follow the source's firing rates per depth (top level 2.6, depth 1 0.5, depth 2 0.4
+  features per token).
+* ``tree1232``: another shape, ``branching = [12, 3, 2]``, L0 5; 2112 latents (expansion 33),
+  the tree 160 / 480 / 1440 (3 child slots per latent in both deeper tiers).
 * ``synthetic``: the default two-level source (8 parents x 3 children, 64 independent), L0 4;
   640 latents (expansion 10), the tree 160 / 480 with shares 0.83 : 0.17.
 * ``smollm2``: SmolLM2-135M ``model.layers.15`` on python-docs (the embedded default), the
@@ -49,12 +51,12 @@ def widths(expansion: int, tree: list[float], shares: list[float] | None) -> lis
 COMPARISONS: dict[str, dict] = {
     "tree843": {
         "args": ["--source", "synthetic", "--target-l0", "4", "--steps", "4000"],
-        "sets": ["data.synthetic.branching=[8,4,3]", *widths(42, [2.5, 10.0, 30.0], [0.73, 0.15, 0.12])],
+        "sets": ["data.synthetic.branching=[8,4,3]", *widths(53, [2.5, 10.0, 40.0], [0.73, 0.15, 0.12])],
         "columns": ["explained_variance", "l0", "tree_f1/", "tree_precision/", "tree_recall/", "consistency/", "absorption"],
     },
     "tree1232": {
         "args": ["--source", "synthetic", "--target-l0", "5", "--steps", "4000"],
-        "sets": ["data.synthetic.branching=[12,3,2]", *widths(25, [2.5, 7.5, 15.0], [0.68, 0.18, 0.14])],
+        "sets": ["data.synthetic.branching=[12,3,2]", *widths(33, [2.5, 7.5, 22.5], [0.68, 0.18, 0.14])],
         "columns": ["explained_variance", "l0", "tree_f1/", "tree_precision/", "tree_recall/", "consistency/", "absorption"],
     },
     "synthetic": {
