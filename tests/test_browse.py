@@ -254,6 +254,9 @@ def test_serve_answers_on_localhost_and_stops_on_ctrl_c(site, tmp_path):
         [sys.executable, "-m", "saezoo.cli", "browse", str(site["run"]), "--tokens", "300", "--out", str(out),
          "--serve", "--port", "0", "-q"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C reaches a process in the foreground; a suite started in the background (`pytest &`)
+        # hands its children SIGINT ignored, and Python then never turns it into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = []
