@@ -64,8 +64,18 @@ def test_sigkill_then_resume_is_bit_identical(arch, tmp_path):
     a, _ = load_tensors(reference / "sae.safetensors")
     b, _ = load_tensors(killed / "sae.safetensors")
     assert a.keys() == b.keys()
-    for name in a:
-        assert (a[name] == b[name]).all(), f"{name} differs after resume (killed near step {target})"
+    differ = {name: float((a[name] - b[name]).abs().max()) for name in a if not (a[name] == b[name]).all()}
+    if differ:
+        # Tell a resume that lost state from training that is not reproducible on this machine:
+        # a second run without a kill, compared with the first.
+        again = tmp_path / "again"
+        assert run_cli(*fast_train_args(arch, again, STEPS, *EXTRA)).returncode == 0
+        c, _ = load_tensors(again / "sae.safetensors")
+        repeatable = all((a[name] == c[name]).all() for name in a)
+        pytest.fail(
+            f"after a kill at step {killed_at} (target {target}) and a resume, max |difference| {differ}; "
+            f"two runs without a kill {'agree' if repeatable else 'differ too'}"
+        )
     assert not [p for p in killed.rglob("*.tmp")], "temporary files left after the kill were not cleaned"
 
 

@@ -163,7 +163,8 @@ class Placement:
         moved = 0
         # The most specific first: a grandchild moves under its parent before that parent
         # moves under its own, and then follows it down as one of its children.
-        for a in sorted(inside.nonzero().flatten().tolist(), key=lambda i: float(fires[i])):
+        order = inside.nonzero().flatten()
+        for a in order[fires[order].argsort(stable=True)].tolist():
             a_global = start + a
             if a_global in self.touched:
                 continue
