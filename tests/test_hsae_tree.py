@@ -248,6 +248,22 @@ def test_a_latent_that_fires_inside_another_moves_under_it_with_its_children():
     assert label[unmoved].tolist() == unmoved
 
 
+def test_a_latent_inside_two_goes_under_the_more_specific_and_follows_it_down():
+    # A root (0), its child (1) and a grandchild (2), all in tier 1. The grandchild fires inside
+    # the root on all its tokens and inside the child on 0.9 of them: both hold it, and it
+    # belongs under the child, the one that fires less often, not the root it shares more with.
+    codes = torch.zeros(1000, 28)
+    codes[:200, 0] = 1
+    codes[3:83, 1] = 1
+    codes[:30, 2] = 1
+    sae, label, moves = placed([4, 8, 16], codes)
+    assert moves == 2
+    # The grandchild went into the child's first slot (6), then the child into the root's (4),
+    # taking the grandchild with it into slot 4's first child slot (12).
+    assert label[4] == 1 and label[12] == 2
+    assert label[0] == 0 and label[3] == 3
+
+
 def test_a_guest_child_moves_up_to_a_free_slot_of_tier_one():
     # Latent 0 fires on tokens 100-199 only weakly, to let its child 4 fire there: the child is
     # a guest (an independent feature hosted in a child slot), and goes to tier 1.
