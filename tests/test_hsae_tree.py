@@ -309,13 +309,13 @@ def test_a_latent_that_just_moved_down_is_not_sent_back_up_until_it_settles():
     assert window(guest) == 1 and int(labels()[4]) != 1  # settled, still a guest: it goes up
 
 
-def absorber_case(absorbed: bool) -> tuple[TreeHSAE, int]:
+def absorber_case(absorbed: float | None) -> tuple[TreeHSAE, int]:
     """Root 0 holds children 4 and 5 (both slots in use); latent 1 of tier 1 fires inside root
     0 and with child 4 on 0.35 of its tokens (too few for the co-firing rule). Child 4 fires
     less than twice as often as latent 1, but more than 1.5 times once the 65 tokens latent 1
-    took from it are counted back. With
-    ``absorbed`` its decoder row is half child 4's direction, half its own, and child 4's
-    encoder has learned to stay silent along it."""
+    took from it are counted back. With ``absorbed`` (a cosine), its decoder row has that
+    cosine with child 4's and the rest in a direction of its own, and child 4's encoder has
+    learned to stay silent along it; with None its row points elsewhere."""
     e = torch.eye(8)
     sae = tree(8, [4, 8, 16], k=4)
     codes = torch.zeros(4000, 28)
@@ -327,16 +327,21 @@ def absorber_case(absorbed: bool) -> tuple[TreeHSAE, int]:
     with torch.no_grad():
         sae.W_dec.copy_(e[4:].repeat(7, 1))  # every other row in e4..e7
         sae.W_dec[0], sae.W_dec[4], sae.W_dec[5] = e[0], e[1], e[2]
-        sae.W_dec[1] = (e[1] + e[3]) / 2**0.5 if absorbed else (e[5] + e[3]) / 2**0.5
+        sae.W_dec[1] = (
+            absorbed * e[1] + (1 - absorbed**2) ** 0.5 * e[3] if absorbed is not None else (e[5] + e[3]) / 2**0.5
+        )
         sae.W_enc[:, 4] = e[1] - e[3]
     placement = Placement([4, 8, 16], sae.latent_parents())
     placement.record(codes, torch.zeros(len(codes), 8), sae.W_dec.detach())
     return sae, placement.regraft(sae, share=0.5)
 
 
-def test_an_absorber_moves_under_the_latent_it_absorbed_which_may_fire_on_its_tokens_again():
+# Half the child's direction, and 0.35: child + root latents on the tree [12, 3, 2] had cosine
+# 0.29-0.40 with their root's row (ABSORB_COS).
+@pytest.mark.parametrize("cosine", [2**-0.5, 0.35])
+def test_an_absorber_moves_under_the_latent_it_absorbed_which_may_fire_on_its_tokens_again(cosine):
     e = torch.eye(8)
-    sae, moves = absorber_case(absorbed=True)
+    sae, moves = absorber_case(absorbed=cosine)
     assert moves == 1
     # It took child 4's first free slot (12), its row without child 4's direction...
     torch.testing.assert_close(sae.W_dec[12].detach(), e[3])
@@ -346,7 +351,7 @@ def test_an_absorber_moves_under_the_latent_it_absorbed_which_may_fire_on_its_to
 
 
 def test_a_latent_whose_row_points_elsewhere_is_no_absorber():
-    sae, moves = absorber_case(absorbed=False)
+    sae, moves = absorber_case(absorbed=None)
     assert moves == 0
     torch.testing.assert_close(sae.W_enc[:, 4].detach(), torch.eye(8)[1] - torch.eye(8)[3])
 
