@@ -251,7 +251,7 @@ def full_evaluation(
     record = CodeRecord(sae.width)
     metrics, density = _evaluate(sae, x.split(batch_size), source.ground_truth, device, record)
     truth = source.ground_truth
-    coeffs = source.eval_features(x.shape[0]) if truth is not None and hasattr(source, "eval_features") else None
+    coeffs = source.eval_features(x.shape[0]) if truth is not None else None  # the Source contract
     metrics.update(hierarchy_metrics(sae, record, group_sizes, truth, coeffs))
     metrics.update(downstream_metrics([sae], source, downstream_tokens, device)[0])
     metrics.update(absorption_metrics([sae], source, absorption_words, device)[0])

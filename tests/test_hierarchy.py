@@ -203,11 +203,11 @@ def test_consistency_and_root_fraction():
 # --- matching and tree recovery -----------------------------------------------------------------
 
 
-def ref_greedy(cos: Tensor) -> list[int]:
+def ref_greedy(cos: Tensor, eligible: Tensor | None = None) -> list[int]:
     pairs = sorted(((float(cos[f, j]), f, j) for f in range(cos.shape[0]) for j in range(cos.shape[1])), reverse=True)
     match, used = [-1] * cos.shape[0], set()
     for _, f, j in pairs:
-        if match[f] < 0 and j not in used:
+        if match[f] < 0 and j not in used and (eligible is None or eligible[f, j]):
             match[f], used = j, used | {j}
     return match
 
@@ -223,14 +223,37 @@ def test_matching_is_one_to_one_greedy():
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_matching_equals_global_greedy(seed):
+@pytest.mark.parametrize("allowed", [1.0, 0.5, 0.1])
+def test_matching_equals_global_greedy(seed, allowed):
     gen = torch.Generator().manual_seed(seed)
     t, d = torch.randn(30, 8, generator=gen), torch.randn(40, 8, generator=gen)
+    eligible = torch.rand(30, 40, generator=gen) < allowed
     cos = torch.nn.functional.normalize(t, dim=-1) @ torch.nn.functional.normalize(d, dim=-1).T
-    expected = ref_greedy(cos)
+    expected = ref_greedy(cos, eligible)
+    if allowed == 0.1:
+        assert expected.count(-1) > 0  # some features run out of eligible latents
     # few candidates per round force many rounds; the answer must not change
     for candidates in (1, 2, 16):
-        assert h.match_features(t, d, candidates).tolist() == expected
+        assert h.match_features(t, d, eligible, candidates=candidates).tolist() == expected
+
+
+def test_a_latent_that_does_not_fire_with_a_feature_cannot_stand_for_it():
+    # feature 0 is active on tokens 0-9; latent 0 (decoder exactly the feature) fires on one of
+    # them, latent 1 (cosine 0.8) on eight, latent 2 (cosine 0.6) on all ten
+    t = torch.tensor([[1.0, 0.0]])
+    d = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8]])
+    codes = torch.zeros(20, 3)
+    codes[0, 0], codes[:8, 1], codes[:10, 2] = 1.0, 1.0, 1.0
+    active = torch.zeros(20, 1, dtype=torch.bool)
+    active[:10] = True
+    share = h.active_share(h.CodeRecord.from_codes(codes), active)
+    assert share.tolist() == [[0.1, 0.8, 1.0]]
+    assert h.match_features(t, d).tolist() == [0]  # by cosine alone: the near-silent latent
+    assert h.match_features(t, d, share > 0.1).tolist() == [1]
+    assert h.match_features(t, d, share > 0.9).tolist() == [2]
+    assert h.match_features(t, d, share > 1.0).tolist() == [-1]
+    # a feature never active: no latent is eligible
+    assert h.active_share(h.CodeRecord.from_codes(codes), torch.zeros(20, 1, dtype=torch.bool)).tolist() == [[0.0] * 3]
 
 
 def test_tree_recovery_known_numbers():
@@ -396,6 +419,28 @@ def test_an_absorbing_sae_is_caught():
     # the share of all (token, child) pairs whose parent latent is silent
     n1, n2 = float(child_on.sum()), float((coeffs[:, truth.depth == 2] != 0).sum())
     assert m["absorption"] == pytest.approx(n1 / (n1 + n2))
+
+
+def test_a_near_silent_latent_nearest_a_feature_does_not_take_its_place():
+    src, coeffs, codes, decoder, perm = oracle([4, 3, 2])
+    truth = src.ground_truth
+    child = int((truth.depth == 1).nonzero()[0])
+    # the child's own latent points a little off its direction (cosine about 0.95); an extra
+    # latent points exactly along it but fires on a single token, one of the child's
+    tilt = torch.nn.functional.normalize(torch.randn(decoder.shape[1], generator=torch.Generator().manual_seed(1)), dim=0)
+    decoder[perm[child]] = decoder[perm[child]] + 1.0 * tilt
+    decoder = torch.cat([decoder, truth.directions[child : child + 1]])
+    extra = torch.zeros(len(codes), 1)
+    extra[int((coeffs[:, child] != 0).nonzero()[0])] = 1.0
+    codes = torch.cat([codes, extra], dim=1)
+    m = h.hierarchy_metrics(Fixed(decoder), h.CodeRecord.from_codes(codes), truth=truth, true_coeffs=coeffs)
+    assert m["tree_recall/inferred/depth1"] == 1.0 and m["tree_recall/inferred/depth2"] == 1.0
+    # by decoder cosine alone the extra latent would stand for the child: its edges would miss
+    cos_only = h.match_features(truth.directions, decoder)
+    assert int(cos_only[child]) == decoder.shape[0] - 1
+    assert h.tree_recovery(truth, cos_only, h.Cofiring(h.CodeRecord.from_codes(codes), [torch.arange(len(decoder))]).inferred)["recall/depth1"] < 1.0
+    with pytest.raises(ValueError, match="both"):
+        h.hierarchy_metrics(Fixed(decoder), h.CodeRecord.from_codes(codes), truth=truth)
 
 
 def test_every_key_is_documented():
