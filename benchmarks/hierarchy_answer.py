@@ -3,6 +3,7 @@
     python benchmarks/hierarchy_answer.py                    # all three comparisons
     python benchmarks/hierarchy_answer.py --only tree843     # one of tree843, tree1232, synthetic, smollm2
     python benchmarks/hierarchy_answer.py --steps 500 --out /tmp/answer
+    python benchmarks/hierarchy_answer.py --only tree843 --reevaluate   # today's metrics, no training
 
 Each comparison is one ``saezoo compare`` (one stream, every variant at matched L0 through
 ``--target-l0``: k for the TopK family and the tree-gated HSAE, the target-l0 curriculum for
@@ -106,12 +107,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="optimiser steps (default: each comparison's own)")
     p.add_argument("--out", type=Path, default=Path("runs/hierarchy-answer"))
     p.add_argument("--report-only", action="store_true", help="print the tables of reports already under --out")
+    p.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="evaluate the SAEs of reports already under --out again with today's metrics (saezoo eval), "
+        "without training; written to reevaluated.json beside each report",
+    )
     a = p.parse_args(argv)
     for name in a.only or list(COMPARISONS):
         path = a.out / name / "report.json"
-        report = json.loads(path.read_text()) if a.report_only else run(name, a.out, a.steps)
+        if a.report_only or a.reevaluate:
+            report = json.loads(path.read_text())
+            if a.reevaluate:
+                report = reevaluate(report, a.out / name / "reevaluated.json")
+        else:
+            report = run(name, a.out, a.steps)
         print(f"\n## {name}\n\n{table(report, COMPARISONS[name]['columns'])}")
     return 0
+
+
+def reevaluate(report: dict, out: Path) -> dict:
+    """``report`` with each variant's metrics from ``saezoo eval`` of its run directory now
+    (the same SAEs and held-out tokens; the metrics of the code checked out)."""
+    for v in report["variants"].values():
+        if not v["run_dir"]:
+            continue  # a registry entry: compare evaluated it, nothing was trained
+        cmd = [sys.executable, "-m", "saezoo.cli", "eval", v["run_dir"], "--json"]
+        print(" ".join(cmd), file=sys.stderr, flush=True)
+        v["metrics"] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    out.write_text(json.dumps(report, indent=1))
+    return report
 
 
 if __name__ == "__main__":
