@@ -76,9 +76,11 @@ class HSAEConfig:
     regraft_share: float = 0.5
     """tree: share of a latent's firing during which the other latent must fire for it to
     move (the hierarchy metrics' inferred-parent threshold)."""
-    regraft_until: float = 0.75
+    regraft_until: float = 0.95
     """tree: share of training after which latents stay where they are, so that the last
-    moves settle before the end."""
+    moves settle before the end (0.95: the last window of moves is the last but one of
+    training; at 0.75, latents that had formed inside a parent after the last moves stayed in
+    tier 1: README, session 14)."""
     aux_k: int | None = None
     """tree: dead latents AuxK lets reconstruct the residual, per token (None: d_in // 2)."""
     aux_coefficient: float = 1 / 32
