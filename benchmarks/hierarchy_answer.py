@@ -116,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     for name in a.only or list(COMPARISONS):
         path = a.out / name / "report.json"
-        if a.report_only or a.reevaluate:
+        if a.reevaluate:
+            report = reevaluate(json.loads(path.read_text()), a.out / name / "reevaluated.json")
+        elif a.report_only:
             report = json.loads(path.read_text())
-            if a.reevaluate:
-                report = reevaluate(report, a.out / name / "reevaluated.json")
         else:
             report = run(name, a.out, a.steps)
         print(f"\n## {name}\n\n{table(report, COMPARISONS[name]['columns'])}")

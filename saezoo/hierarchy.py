@@ -451,6 +451,7 @@ def hierarchy_metrics(
     if (truth is None) != (true_coeffs is None):
         raise ValueError("tree recovery and absorption need both the ground truth and the true coefficients")
     if truth is not None:
+        true_coeffs = true_coeffs.cpu()  # the record is on the CPU; a source may generate elsewhere
         eligible = active_share(record, true_coeffs != 0) >= MATCH_MIN_SHARE
         match = match_features(truth.directions, sae.decoder_directions(), eligible)
         for kind, parents in trees.items():
