@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 # Small and fast: a synthetic source and short runs.
 FAST_SETS = [
     "train.batch_size=1024",
@@ -110,3 +112,22 @@ def demo_cache(root: Path) -> Path:
     for name in ("models", "assets"):
         (cache / name).symlink_to(USER_CACHE / name)
     return cache
+
+
+def drifting_eval_l0(sae, steps: int = 400, shrink: float = 0.99865) -> float:
+    """Held-out L0 of a thresholded TopK-family SAE, as a share of what the batch selection
+    keeps, after ``steps`` training-mode batches of random inputs during which its encoder
+    shrinks by ``shrink`` a step, as the selected values fell on SmolLM2 (the tree HSAE's
+    tier-1 threshold went 1.20 -> 0.71 over the main job's 400 steps): the threshold that
+    replaces the batch selection in eval mode must keep up."""
+    gen = torch.Generator().manual_seed(0)
+    held_out = torch.randn(2048, sae.d_in, generator=gen)
+    with torch.no_grad():
+        for _ in range(steps):
+            sae(torch.randn(256, sae.d_in, generator=gen))
+            sae.W_enc.mul_(shrink)
+        l0 = []
+        for training in (False, True):
+            sae.train(training)
+            l0.append(float((sae.encode(held_out) > 0).sum(-1).float().mean()))
+        return l0[0] / l0[1]

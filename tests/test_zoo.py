@@ -19,6 +19,8 @@ from saezoo import SAE
 from saezoo.activations.synthetic import SyntheticConfig, SyntheticSource
 from saezoo.sae import group_slices
 
+from helpers import drifting_eval_l0
+
 D_IN = 16
 TOPK_FAMILY = [TopKSAE, BatchTopKSAE, MatryoshkaSAE]
 ALL = [*TOPK_FAMILY, JumpReLUSAE, GatedSAE]
@@ -219,6 +221,13 @@ def test_batchtopk_estimates_a_threshold_and_uses_it_in_eval_mode():
     torch.testing.assert_close(sae(x).codes, expected)
     # One token's codes no longer depend on the rest of its batch.
     torch.testing.assert_close(sae.encode(x[:1]), expected[:1])
+
+
+def test_batchtopk_eval_l0_keeps_up_with_a_drifting_encoder():
+    # With a 100-step memory (beta 0.99) the threshold lagged 13 % above the current values and
+    # held-out L0 fell far below k; SmolLM2 BatchTopK: L0 35.9 at k 40.
+    assert drifting_eval_l0(make(BatchTopKSAE)) >= 0.9
+    assert drifting_eval_l0(make(BatchTopKSAE, threshold_beta=0.99)) < 0.8
 
 
 def test_batchtopk_without_a_threshold_falls_back_to_the_batch_selection():

@@ -85,9 +85,11 @@ class HSAEConfig:
     """tree: dead latents AuxK lets reconstruct the residual, per token (None: d_in // 2)."""
     aux_coefficient: float = 1 / 32
     """tree: weight of the AuxK loss (Gao et al. 2024), which revives dead latents."""
-    threshold_beta: float = 0.99
+    threshold_beta: float = 0.9
     """tree: decay of the running average of each tier's selection threshold, which replaces
-    the batch selection in eval mode."""
+    the batch selection in eval mode (as BatchTopK's: a memory of about ten steps; with 0.99
+    the thresholds lagged above values that fall as the SAE trains, and held-out L0 was 34.5
+    at k 40 on SmolLM2)."""
     sparse_decode: ClassVar[bool] = True
     """tree: always on, not a setting: the tree-gated model decodes through topk's fused
     sparse node, whose code reads this flag."""
