@@ -208,7 +208,7 @@ def test_short_synthetic_run_reconstructs_and_uses_every_tier():
     assert (codes[:, 24:] > 0).any(-1).float().mean() > 0.1  # children carry part of it
 
 
-def test_each_tier_s_eval_threshold_keeps_up_with_a_drifting_encoder():
+def test_the_tiers_eval_thresholds_keep_up_with_a_drifting_encoder():
     # With a 100-step memory (threshold_beta 0.99) held-out L0 was 34.5 at k 40 on SmolLM2.
     assert drifting_eval_l0(tree(16, [16, 32, 64], k=6)) >= 0.9
 
