@@ -211,6 +211,9 @@ def test_short_synthetic_run_reconstructs_and_uses_every_tier():
 def test_the_tiers_eval_thresholds_keep_up_with_a_drifting_encoder():
     # With a 100-step memory (threshold_beta 0.99) held-out L0 was 34.5 at k 40 on SmolLM2.
     assert drifting_eval_l0(tree(16, [16, 32, 64], k=6)) >= 0.9
+    lagging = tree(16, [16, 32, 64], k=6)
+    lagging.cfg.threshold_beta = 0.99
+    assert drifting_eval_l0(lagging) < 0.85  # 0.76: the test tells the two apart
 
 
 # --- placement: fixed slots, learned placement --------------------------------------------

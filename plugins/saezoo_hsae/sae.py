@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from saezoo import SAE, SAEOutput
 from saezoo.sae import remove_parallel_grad_, unit_norm_rows_
+from saezoo_topk.sae import THRESHOLD_BETA
 
 # The paper's widths [768, 1536, 2304] on Gemma-2B (d_model 2048), as multiples of d_in.
 PAPER_TIER_EXPANSION = [768 / 2048, 1536 / 2048, 2304 / 2048]
@@ -85,11 +86,9 @@ class HSAEConfig:
     """tree: dead latents AuxK lets reconstruct the residual, per token (None: d_in // 2)."""
     aux_coefficient: float = 1 / 32
     """tree: weight of the AuxK loss (Gao et al. 2024), which revives dead latents."""
-    threshold_beta: float = 0.9
+    threshold_beta: float = THRESHOLD_BETA
     """tree: decay of the running average of each tier's selection threshold, which replaces
-    the batch selection in eval mode (as BatchTopK's: a memory of about ten steps; with 0.99
-    the thresholds lagged above values that fall as the SAE trains, and held-out L0 was 34.5
-    at k 40 on SmolLM2)."""
+    the batch selection in eval mode (BatchTopK's, ``saezoo_topk.sae.THRESHOLD_BETA``)."""
     sparse_decode: ClassVar[bool] = True
     """tree: always on, not a setting: the tree-gated model decodes through topk's fused
     sparse node, whose code reads this flag."""

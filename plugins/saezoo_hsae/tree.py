@@ -45,7 +45,7 @@ from saezoo import SAEOutput
 from saezoo_hsae.placement import SAMPLE_TOKENS, Placement
 from saezoo_hsae.sae import HSAE, HSAEConfig, tier_widths
 from saezoo_topk.fused import Encoder, csr
-from saezoo_topk.sae import TopKFamilySAE, by_token, largest_entries, squared_error
+from saezoo_topk.sae import TopKFamilySAE, by_token, largest_entries, squared_error, update_running_threshold
 
 
 class TreeHSAE(HSAE, TopKFamilySAE):
@@ -168,13 +168,10 @@ class TreeHSAE(HSAE, TopKFamilySAE):
 
     @torch.no_grad()
     def _update_threshold(self, tier: int, smallest: Tensor) -> None:
-        # BatchTopK's running average (bias-corrected as Adam's moments), one per tier; the
-        # count advances once per step, with tier 1.
+        # BatchTopK's running average, one per tier; the count advances once per step, with tier 1.
         if tier == 0:
             self.threshold_updates += 1
-        beta = self.cfg.threshold_beta
-        weight = (1 - beta) / (1 - beta ** max(1, int(self.threshold_updates)))
-        self.thresholds[tier].lerp_(smallest.to(self.thresholds.dtype), weight)
+        update_running_threshold(self.thresholds[tier], smallest, int(self.threshold_updates), self.cfg.threshold_beta)
 
     def diagnostics(self) -> dict[str, float]:
         out = {f"threshold/tier{i + 1}": float(t) for i, t in enumerate(self.thresholds)}

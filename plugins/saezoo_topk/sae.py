@@ -192,13 +192,28 @@ class TopKSAE(TopKFamilySAE):
         return {**fields, "k": k}, params
 
 
+# The decay of a running eval threshold (BatchTopK's, the tree HSAE's per tier): a memory of
+# about 1 / (1 - beta) = 10 steps. The smallest of batch x k selected values hardly varies
+# between batches, so a short memory costs little noise; the selected values fall all through
+# training, so a long one (0.99 and 0.999 are common) lags above them and held-out L0 falls
+# short of k (SmolLM2, the main job's 400 steps, k 40: BatchTopK 35.9, the tree 34.5 with 0.99;
+# README of saezoo_topk).
+THRESHOLD_BETA = 0.9
+
+
+@torch.no_grad()
+def update_running_threshold(threshold: Tensor, smallest: Tensor, updates: int, beta: float) -> None:
+    """Move ``threshold`` (in place) towards ``smallest``, the smallest value a batch kept, as
+    the ``updates``-th step of a running average with decay ``beta``, bias-corrected as Adam's
+    moments are so that the first batches do not weigh more than the rest."""
+    weight = (1 - beta) / (1 - beta ** max(1, updates))
+    threshold.lerp_(smallest.to(threshold.dtype), weight)
+
+
 @dataclass
 class BatchTopKConfig(TopKConfig):
-    threshold_beta: float = 0.9
-    """Decay of the running (bias-corrected) average of the batch's selection threshold: a
-    memory of about 1 / (1 - beta) steps. The selected values fall as the SAE trains, so a long
-    memory lags above them and held-out L0 falls short of k (SmolLM2, the main job's 400
-    steps: L0 35.9 at k 40 with 0.99; README of saezoo_topk)."""
+    threshold_beta: float = THRESHOLD_BETA
+    """Decay of the running average of the batch's selection threshold (``THRESHOLD_BETA``)."""
 
 
 class BatchTopKSAE(TopKFamilySAE):
@@ -259,15 +274,8 @@ class BatchTopKSAE(TopKFamilySAE):
         positive = selected[selected > 0]
         if positive.numel() == 0:
             return
-        # The smallest of batch x k selected values hardly varies between batches, so a
-        # short memory (beta 0.9, ten steps; 0.99 and 0.999 are common, and lag behind values
-        # that fall all through training) costs little noise and tracks the encoder as it
-        # trains; the bias correction (as in Adam's moments) keeps the first batches from
-        # weighing more than the rest.
         self.threshold_updates += 1
-        beta = self.cfg.threshold_beta
-        weight = (1 - beta) / (1 - beta**self.threshold_updates)
-        self.threshold.lerp_(positive.min().to(self.threshold.dtype), weight)
+        update_running_threshold(self.threshold, positive.min(), int(self.threshold_updates), self.cfg.threshold_beta)
 
     def diagnostics(self) -> dict[str, float]:
         return {"threshold": self.threshold.item()}
