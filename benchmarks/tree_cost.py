@@ -6,7 +6,8 @@
 The tree-gated HSAE (``hsae``, ``coupling=tree``) and ``topk`` train through saezoo's real
 ``Trainee.train_step`` (set up as ``architectures.py`` does) on the benchmarks' synthetic
 source, at 16,128 latents (TopK's 28 x d_in; the tree as 768 / 3072 / 12288); the tree
-also at 16,384 (1024 / 3072 / 12288) against TopK's 16,128. The timed steps alternate
+also at 16,384 (1024 / 3072 / 12288, and the ``tree`` preset's two tiers 4096 / 12288)
+against TopK's 16,128. The timed steps alternate
 between the models, round after round, so all see the same machine load; the table gives
 the median step. Peak memory is each model's own process (VmHWM of a child that builds the
 model and takes two steps): memory that grew as width^2 would quadruple from half width to
@@ -34,8 +35,9 @@ HERE = Path(__file__).resolve().parent
 def models(d_in: int, k: int) -> dict[str, tuple[str, int, dict]]:
     """label -> (architecture, width, sae overrides)."""
 
-    def tree(*widths: int) -> tuple[str, int, dict]:
-        return "hsae", sum(widths), {"coupling": "tree", "tier_expansion": [w / d_in for w in widths], "k": k}
+    def tree(*widths: int, shares: list[float] | None = None) -> tuple[str, int, dict]:
+        sae = {"coupling": "tree", "tier_expansion": [w / d_in for w in widths], "k": k, "tier_shares": shares}
+        return "hsae", sum(widths), sae
 
     return {
         "topk 8064": ("topk", 14 * d_in, {"k": k}),
@@ -43,6 +45,9 @@ def models(d_in: int, k: int) -> dict[str, tuple[str, int, dict]]:
         "topk 16128": ("topk", 28 * d_in, {"k": k}),
         "tree 16128 (768/3072/12288)": tree(768, 3072, 12288),
         "tree 16384 (1024/3072/12288)": tree(1024, 3072, 12288),
+        # The preset's shape (two tiers, 1 : 3, shares 0.7 / 0.3): a wider first tier, whose
+        # pre-activations are all computed.
+        "tree 16384 (4096/12288, preset)": tree(4096, 12288, shares=[0.7, 0.3]),
     }
 
 

@@ -382,7 +382,7 @@ def compare(
         seeds = ",".join(map(str, seeds)) + ","  # a trailing comma makes even one seed a list
     seed_list = parse_seeds(seeds, runs[0].train.seed if runs else 0)  # a count starts at the shared train.seed
     out_dir = prepare_out(Path(out) if out is not None else None, "compare")
-    return Comparison(out_dir, run_compare(variants, out_dir, progress=progress, seeds=seed_list))
+    return Comparison(out_dir, run_compare(variants, out_dir, progress=progress, seeds=seed_list, target_l0=target_l0))
 
 
 # --- the registry -------------------------------------------------------------------------------

@@ -302,7 +302,7 @@ def compare(
 ) -> None:
     """Train several SAEs on one activation stream and report them side by side."""
     from saezoo import api
-    from saezoo.comparison import print_table
+    from saezoo.comparison import off_target, print_table
 
     comparison = api.compare(
         *specs,
@@ -315,6 +315,9 @@ def compare(
         **stream.settings(),
     )
     print_table(comparison.report)
+    missed = off_target(comparison.report)
+    if missed:
+        typer.echo(f"saezoo: note: {missed}", err=True)
     typer.echo(f"report: {comparison.out / 'report.md'}")
 
 

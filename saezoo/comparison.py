@@ -280,10 +280,15 @@ def check_memory(runs: list[RunConfig], d_in: int, device: torch.device, what: s
 
 
 def run_compare(
-    variants: list[Variant], out: Path, progress: bool = True, seeds: list[int] | None = None
+    variants: list[Variant],
+    out: Path,
+    progress: bool = True,
+    seeds: list[int] | None = None,
+    target_l0: float | None = None,
 ) -> dict[str, Any]:
     """Train the trainable variants on one stream (each once per seed of ``seeds``, None:
-    once at train.seed), evaluate all on the same tokens."""
+    once at train.seed), evaluate all on the same tokens. ``target_l0``: the L0 the variants
+    were steered to (resolve_variants), recorded so the report can say who missed it."""
     from saezoo.activations.factory import build_source
     from saezoo.trainer import resolve_device, train_many
 
@@ -349,6 +354,7 @@ def run_compare(
         "data": source.describe(),
         "shared_train": {k: getattr(base.train, k) for k in SHARED_TRAIN},
         "seeds": seeds,
+        "target_l0": target_l0,
         "variants": {v.label: _variant_report(v, out, seeds, results) for v in variants},
     }
     write_report(report, out, densities)
@@ -439,6 +445,31 @@ def _loss_curves(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 SIMILAR_COLUMN = "≈ within seed spread"
+OFF_TARGET = 0.05
+"""Relative distance of a steered variant's held-out L0 from --target-l0 that the report names."""
+
+
+def off_target(report: dict[str, Any]) -> str | None:
+    """A sentence naming the trained variants whose held-out L0 is more than 5 % from the
+    target they were steered to (None if all are within it, or nothing was steered). k steers
+    a thresholded SAE (BatchTopK, Matryoshka, the tree HSAE) on its training tokens; held-out
+    text can pass its thresholds more often (SmolLM2, the default budget: L0 43.5 at k 40)."""
+    target = report.get("target_l0")
+    if not target:
+        return None
+    missed = []
+    for label, v in report["variants"].items():
+        l0 = v["metrics"].get("l0")
+        # A registry entry (no run directory) was evaluated, not steered.
+        if v["run_dir"] and _is_number(l0) and abs(l0 - target) > OFF_TARGET * target:
+            missed.append(f"{label} {l0:.1f} ({(l0 - target) / target:+.0%})")
+    if not missed:
+        return None
+    return (
+        f"held-out L0 more than {OFF_TARGET:.0%} from --target-l0 {target:g}: {', '.join(missed)}; "
+        "a variant steered by k keeps what passes thresholds fitted on its training tokens: "
+        "set its own k (--set SPEC.sae.k=...) to match"
+    )
 
 
 def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -483,6 +514,11 @@ def markdown(report: dict[str, Any]) -> str:
     data = report["data"]
     lines.append("Data: " + ", ".join(f"{k}={v}" for k, v in data.items() if not isinstance(v, dict)))
     lines.append("Shared training settings: " + ", ".join(f"{k}={v}" for k, v in report["shared_train"].items()))
+    if report.get("target_l0"):
+        lines.append(f"Every trained variant steered to L0 {report['target_l0']:g} (--target-l0).")
+        missed = off_target(report)
+        if missed:
+            lines.append(missed[0].upper() + missed[1:] + ".")
     seeds = report.get("seeds")
     if seeds:
         lines += [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -233,6 +234,26 @@ def test_compare_synthetic_report(tmp_path):
     assert "| tree_f1/inferred/depth1 |" in md and "| consistency/structural |" in md
     assert (out / "hsae" / "tb").is_dir() and (out / "flat" / "tb").is_dir()
     assert "explained_variance" in proc.stdout
+
+
+def test_compare_names_a_variant_whose_l0_misses_the_target(tmp_path):
+    # topk keeps exactly k; batchtopk is given its own k far below the target, as a user
+    # matching held-out L0 by hand might overdo it: the report and stderr must say so.
+    out = tmp_path / "cmp"
+    args = ["compare", "topk", "batchtopk", "--source", "synthetic", "--steps", "30", "--target-l0", "8"]
+    args += ["--set", "batchtopk.sae.k=2", "--out", str(out), "-q"]
+    for s in FAST_SETS:
+        args += ["--set", s]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["target_l0"] == 8
+    assert report["variants"]["topk"]["metrics"]["l0"] == pytest.approx(8)
+    note = [line for line in proc.stderr.splitlines() if "from --target-l0 8" in line]
+    missed = r"from --target-l0 8: batchtopk \d\.\d \(-\d+%\); "  # topk, on target, is not named
+    assert len(note) == 1 and re.search(missed, note[0]), proc.stderr
+    md = (out / "report.md").read_text()
+    assert "steered to L0 8 (--target-l0)" in md and re.search(missed, md)
 
 
 def test_registry_round_trip_and_validation(tmp_path, monkeypatch):

@@ -182,6 +182,8 @@ def case(env, row: str):
         return ["train", "flat", *SYN, "--set", "l1_coefficient=-1", "--out", str(r / "nc")], {}, ["l1_coefficient must be >= 0"]
     if row == "tree-widths":
         return ["train", "hsae", *SYN, "--preset", "tree", "--set", "tier_expansion=[2,3]", "--out", str(r / "tw")], {}, ["whole multiple", "[128, 192]"]
+    if row == "tree-shares":
+        return ["train", "hsae", *SYN, "--preset", "tree", "--set", "tier_expansion=[1,3,6]", "--out", str(r / "ts")], {}, ["tier_shares needs 3", "set sae.tier_shares with sae.tier_expansion"]
     if row == "k-too-large":
         return ["train", "topk", *SYN, "--set", "k=100000", "--out", str(r / "kt")], {}, ["100000", "width"]
     if row == "bad-synthetic-tree":

@@ -89,7 +89,10 @@ class TreeHSAE(HSAE, TopKFamilySAE):
             )
         n = len(cfg.tier_expansion)
         if cfg.tier_shares is not None and (len(cfg.tier_shares) != n or any(s <= 0 for s in cfg.tier_shares)):
-            raise ValueError(f"tier_shares needs {n} positive entries (one per tier), got {cfg.tier_shares}")
+            raise ValueError(
+                f"tier_shares needs {n} positive entries, one per tier of tier_expansion {cfg.tier_expansion}; "
+                f"got {cfg.tier_shares} (set sae.tier_shares with sae.tier_expansion)"
+            )
         if not 0 <= cfg.threshold_beta < 1:
             raise ValueError(f"threshold_beta must be in [0, 1), got {cfg.threshold_beta}")
 
