@@ -451,9 +451,12 @@ OFF_TARGET = 0.05
 
 def off_target(report: dict[str, Any]) -> str | None:
     """A sentence naming the trained variants whose held-out L0 is more than 5 % from the
-    target they were steered to (None if all are within it, or nothing was steered). k steers
-    a thresholded SAE (BatchTopK, Matryoshka, the tree HSAE) on its training tokens; held-out
-    text can pass its thresholds more often (SmolLM2, the default budget: L0 43.5 at k 40)."""
+    target they were steered to (None if all are within it, or nothing was steered). Steering
+    acts on the training batches: k sets a thresholded SAE's (BatchTopK, Matryoshka, the tree
+    HSAE) thresholds on its training tokens, which held-out text can pass more often (SmolLM2,
+    the default budget: L0 43.5 at k 40), and the target-l0 curriculum of an L1 SAE moves its
+    coefficient after the training L0, which can lag (flat, there: 30.1 in training at the
+    end, 32.6 held out)."""
     target = report.get("target_l0")
     if not target:
         return None
@@ -467,8 +470,8 @@ def off_target(report: dict[str, Any]) -> str | None:
         return None
     return (
         f"held-out L0 more than {OFF_TARGET:.0%} from --target-l0 {target:g}: {', '.join(missed)}; "
-        "a variant steered by k keeps what passes thresholds fitted on its training tokens: "
-        "set its own k (--set SPEC.sae.k=...) to match"
+        "steering holds L0 on the training batches, not on held-out text: give such a variant its "
+        "own setting (--set SPEC.sae.k=...) to match"
     )
 
 
