@@ -45,7 +45,14 @@ from saezoo import SAEOutput
 from saezoo_hsae.placement import SAMPLE_TOKENS, Placement
 from saezoo_hsae.sae import HSAE, HSAEConfig, tier_widths
 from saezoo_topk.fused import Encoder, csr
-from saezoo_topk.sae import TopKFamilySAE, by_token, largest_entries, squared_error, update_running_threshold
+from saezoo_topk.sae import (
+    TopKFamilySAE,
+    by_token,
+    check_threshold_beta,
+    largest_entries,
+    squared_error,
+    update_running_threshold,
+)
 
 
 class TreeHSAE(HSAE, TopKFamilySAE):
@@ -93,8 +100,7 @@ class TreeHSAE(HSAE, TopKFamilySAE):
                 f"tier_shares needs {n} positive entries, one per tier of tier_expansion {cfg.tier_expansion}; "
                 f"got {cfg.tier_shares} (set sae.tier_shares with sae.tier_expansion)"
             )
-        if not 0 <= cfg.threshold_beta < 1:
-            raise ValueError(f"threshold_beta must be in [0, 1), got {cfg.threshold_beta}")
+        check_threshold_beta(cfg.threshold_beta)
 
     def tier_budgets(self, k: int) -> list[float]:
         """Latents per token each tier keeps on average: k split by ``tier_shares`` (equal by
@@ -174,7 +180,7 @@ class TreeHSAE(HSAE, TopKFamilySAE):
         # BatchTopK's running average, one per tier; the count advances once per step, with tier 1.
         if tier == 0:
             self.threshold_updates += 1
-        update_running_threshold(self.thresholds[tier], smallest, int(self.threshold_updates), self.cfg.threshold_beta)
+        update_running_threshold(self.thresholds[tier], smallest, self.threshold_updates, self.cfg.threshold_beta)
 
     def diagnostics(self) -> dict[str, float]:
         out = {f"threshold/tier{i + 1}": float(t) for i, t in enumerate(self.thresholds)}

@@ -201,13 +201,19 @@ class TopKSAE(TopKFamilySAE):
 THRESHOLD_BETA = 0.9
 
 
+def check_threshold_beta(beta: float) -> None:
+    if not 0 <= beta < 1:
+        raise ValueError(f"threshold_beta must be in [0, 1), got {beta}")
+
+
 @torch.no_grad()
-def update_running_threshold(threshold: Tensor, smallest: Tensor, updates: int, beta: float) -> None:
+def update_running_threshold(threshold: Tensor, smallest: Tensor, updates: Tensor, beta: float) -> None:
     """Move ``threshold`` (in place) towards ``smallest``, the smallest value a batch kept, as
     the ``updates``-th step of a running average with decay ``beta``, bias-corrected as Adam's
-    moments are so that the first batches do not weigh more than the rest."""
-    weight = (1 - beta) / (1 - beta ** max(1, updates))
-    threshold.lerp_(smallest.to(threshold.dtype), weight)
+    moments are so that the first batches do not weigh more than the rest. ``updates`` stays a
+    tensor: reading it on the host would synchronise a GPU at every training step."""
+    weight = (1 - beta) / (1 - beta ** updates.clamp_min(1).double())  # the first weight exactly 1
+    threshold.lerp_(smallest.to(threshold.dtype), weight.to(threshold.dtype))
 
 
 @dataclass
@@ -236,8 +242,7 @@ class BatchTopKSAE(TopKFamilySAE):
 
     def validate(self) -> None:
         super().validate()
-        if not 0 <= self.cfg.threshold_beta < 1:
-            raise ValueError(f"threshold_beta must be in [0, 1), got {self.cfg.threshold_beta}")
+        check_threshold_beta(self.cfg.threshold_beta)
 
     def to_saelens(self) -> SAELensForm:
         """SAELens's JumpReLU with the global threshold repeated per latent (as SAELens saves
@@ -275,7 +280,7 @@ class BatchTopKSAE(TopKFamilySAE):
         if positive.numel() == 0:
             return
         self.threshold_updates += 1
-        update_running_threshold(self.threshold, positive.min(), int(self.threshold_updates), self.cfg.threshold_beta)
+        update_running_threshold(self.threshold, positive.min(), self.threshold_updates, self.cfg.threshold_beta)
 
     def diagnostics(self) -> dict[str, float]:
         return {"threshold": self.threshold.item()}
