@@ -30,6 +30,8 @@ Counting co-firing costs tokens x (active latents of the tier)^2 per step, a sca
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
@@ -67,6 +69,18 @@ SETTLE_WINDOWS = 2
 # 0.3 lets some unrelated pairs through as well, and measured on both trees gave the better
 # trees all the same (plugins/saezoo_hsae/README.md, session 13).
 ABSORB_COS = 0.3
+
+
+class Window(NamedTuple):
+    """A tier's counts over the current window (:meth:`Placement._window`)."""
+
+    fires: Tensor  # [a]: tokens each latent of the tier fired on
+    holder_fires: Tensor  # [b]: the same for each latent that may hold one of them
+    together: Tensor  # [a, b]: P(b fires | a fires)
+    # [a, b]: b's firing with the tokens a took from it counted back (where a stands for b
+    # too, b learns to stay silent there)
+    holder_own: Tensor
+    lift: Tensor  # [a, b]: b fires far more often with a than over all tokens (MIN_LIFT)
 
 
 class Placement:
@@ -152,14 +166,16 @@ class Placement:
 
     def _move_down(self, sae: nn.Module, tier: int, share: float) -> int:
         """Latents of ``tier`` that fire mostly inside another go under it."""
-        start, lo, fires, holder_fires, together, holder_own, lift = self._counts(tier)
+        start, lo = self.starts[tier], self.holders[tier][0]
+        w = self._window(tier)
+        fires, holder_fires = w.fires, w.holder_fires
         # A holder fires at least twice as often as what it holds, counting back the tokens
         # it lost to it (a grandchild that took in part of its parent fires inside it on 0.5-0.6
         # of its tokens, and the parent then fires less than twice as often: on the tree
         # [12, 3, 2], 1192 and 1948 times in a window), and far more often with it than
         # without: a latent that fires everywhere holds nothing.
-        holds = (holder_own >= 2 * fires.unsqueeze(1)) & lift
-        together = torch.where(holds, together, torch.zeros_like(together))
+        holds = (w.holder_own >= 2 * fires.unsqueeze(1)) & w.lift
+        together = torch.where(holds, w.together, torch.zeros_like(w.together))
         best, _ = together.max(dim=1)
         inside = (best >= share) & (fires >= MIN_FIRES)
         moved = 0
@@ -198,14 +214,19 @@ class Placement:
         still points half-way to the child's. Moved under the child alone it would die: the
         child's encoder has learned to stay silent on its tokens. So the move also undoes that:
         the child's encoder column loses its component along the moved latent's new row."""
-        start, lo, fires, _, _, holder_own, lift = self._counts(tier)
-        width, hi = self.widths[tier], self.holders[tier][1]
+        start, (lo, hi), width = self.starts[tier], self.holders[tier], self.widths[tier]
+        w = self._window(tier)
+        fires = w.fires
         cos = self.rows[start : start + width] @ self.rows[lo:hi].T
         # The holder must fire half as often again, its tokens counted back. (Twice, as the
         # co-firing rule asks, missed most absorbers on the tree [12, 3, 2], where a
         # grandchild fires on 0.4 of its parent's tokens.)
-        often = (holder_own >= 1.5 * fires.unsqueeze(1)) & (fires >= MIN_FIRES).unsqueeze(1)
-        candidate = (cos >= ABSORB_COS) & often & lift
+        candidate = (
+            (cos >= ABSORB_COS)
+            & (w.holder_own >= 1.5 * fires.unsqueeze(1))
+            & w.lift
+            & (fires >= MIN_FIRES).unsqueeze(1)
+        )
         # Not its own parent: gating already trains the parent's direction out of the row.
         own = self.parents[start : start + width] - lo
         inside = (own >= 0) & (own < hi - lo)
@@ -226,20 +247,20 @@ class Placement:
             moved += 1
         return moved
 
-    def _counts(self, tier: int) -> tuple[int, int, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def _window(self, tier: int) -> Window:
         """The window's counts that both moving-down rules read, for the latents of ``tier``
-        (rows) and their possible holders (columns): ``(start, lo, fires, holder_fires,
-        together, holder_own, lift)``. ``together[a, b]`` is P(b fires | a fires);
-        ``holder_own`` is b's firing with the tokens a took from it counted back (where a
-        stands for b too, b learns to stay silent); ``lift``: b fires far more often with a
-        than over all tokens (MIN_LIFT)."""
+        (rows) and their possible holders (columns)."""
         start, (lo, hi), table = self.starts[tier], self.holders[tier], self.cofires[tier]
         fires = self.fires[start : start + self.widths[tier]]
         holder_fires = self.fires[lo:hi]
         together = table / fires.clamp_min(1).unsqueeze(1)
-        holder_own = holder_fires.unsqueeze(0) + (1 - together) * fires.unsqueeze(1)
-        lift = together >= MIN_LIFT * holder_fires.unsqueeze(0) / max(self.tokens, 1)
-        return start, lo, fires, holder_fires, together, holder_own, lift
+        return Window(
+            fires=fires,
+            holder_fires=holder_fires,
+            together=together,
+            holder_own=holder_fires.unsqueeze(0) + (1 - together) * fires.unsqueeze(1),
+            lift=together >= MIN_LIFT * holder_fires.unsqueeze(0) / max(self.tokens, 1),
+        )
 
     def _move_up(self, sae: nn.Module) -> int:
         """Children that are guests of their parent go to the least used slots of tier 1."""
