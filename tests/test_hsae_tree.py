@@ -208,6 +208,32 @@ def test_short_synthetic_run_reconstructs_and_uses_every_tier():
     assert (codes[:, 24:] > 0).any(-1).float().mean() > 0.1  # children carry part of it
 
 
+@pytest.mark.parametrize("orthogonal", [True, False])
+def test_a_child_row_keeps_no_part_of_its_parent_row(orthogonal):
+    # Three tiers: grandchildren are taken against their parent's row as corrected in the
+    # same step. Rows start random (cosines up to ~0.5 in 8 dimensions) and one child row is
+    # its parent's plus a little: what is left of it must be that little, at unit norm.
+    sae = tree(8, [2, 4, 8], k=2)
+    sae.cfg.orthogonal_children = orthogonal
+    W = sae.W_dec.data
+    W[2] = W[0] + 0.1 * W[5]
+    before = W.clone()
+    sae.after_step()
+    rows = torch.nn.functional.normalize(W, dim=-1)
+    parents = sae.latent_parents()
+    child = (parents >= 0).nonzero().flatten()
+    cos = (rows[child] * rows[parents[child]]).sum(-1)
+    assert torch.allclose(W.norm(dim=-1), torch.ones(sae.width), atol=1e-5)
+    if orthogonal:
+        assert cos.abs().max() < 1e-5, cos
+        top = torch.nn.functional.normalize(before[0], dim=0)
+        left = before[2] - (before[2] @ top) * top
+        assert torch.allclose(W[2], left / left.norm(), atol=1e-5)
+        assert torch.equal(W[:2], torch.nn.functional.normalize(before[:2], dim=-1))  # tier 1 untouched
+    else:
+        assert cos.abs().max() > 0.3, cos
+
+
 def test_a_short_run_finds_the_planted_tree(tmp_path):
     """The whole trainer on the default synthetic source (8 parents x 3 children, 64
     independent features), 1500 steps: the structural tree holds the true parent -> child

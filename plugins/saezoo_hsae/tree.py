@@ -182,6 +182,12 @@ class TreeHSAE(HSAE, TopKFamilySAE):
             self.threshold_updates += 1
         update_running_threshold(self.thresholds[tier], smallest, self.threshold_updates, self.cfg.threshold_beta)
 
+    @torch.no_grad()
+    def after_step(self) -> None:
+        super().after_step()
+        if self.cfg.orthogonal_children:
+            orthogonalise_children(self.W_dec.data, self.tier_widths)
+
     def diagnostics(self) -> dict[str, float]:
         out = {f"threshold/tier{i + 1}": float(t) for i, t in enumerate(self.thresholds)}
         if self.cfg.regraft_every:
@@ -241,3 +247,21 @@ class TreeHSAE(HSAE, TopKFamilySAE):
             return pre_of(dead).masked_fill(~allowed, float("-inf"))
 
         return x_hat, codes, gated_pre_of
+
+
+def orthogonalise_children(W_dec: Tensor, tier_widths: list[int]) -> None:
+    """Take out of each child's unit decoder row its component along its parent's, in place,
+    tier by tier (a grandchild reads its parent's row as already corrected). The children of
+    one parent are a contiguous block, so this is a broadcast over ``[parents, ratio, d_in]``,
+    O(width x d_in) per call and no gather. A row that was its parent's direction and nothing
+    else (nothing left of it) is left as it was."""
+    start = 0
+    for width, child_width in zip(tier_widths, tier_widths[1:]):
+        parents = F.normalize(W_dec[start : start + width].float(), dim=-1).unsqueeze(1)
+        block = W_dec[start + width : start + width + child_width]
+        rows = block.float().view(width, child_width // width, -1)
+        rows = rows - (rows * parents).sum(-1, keepdim=True) * parents
+        norms = rows.norm(dim=-1, keepdim=True)
+        rows = torch.where(norms > 1e-4, rows / norms.clamp_min(1e-4), block.float().view_as(rows))
+        block.copy_(rows.view_as(block))
+        start += width
