@@ -71,7 +71,7 @@ class HSAEConfig:
     row, so a child stands only for what it adds to its parent. A child always fires with its
     parent, so the loss does not tell their rows apart along the parent's direction, and left
     free the child's row drifts into it: its parent then looks unused on its tokens and
-    placement sends it up to tier 1. Measured (README: session 18): absorption halved on every
+    placement sends it up to tier 1. Measured (README: session 18): absorption lower on every
     synthetic tree and the small trees' recall up, but depth-1 precision down on [12, 3, 2]
     (the issue's bar on 3 of 5 seeds against 4 of 5), so it is not the default."""
     regraft_every: int = 200
