@@ -184,9 +184,10 @@ class TreeHSAE(HSAE, TopKFamilySAE):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        super().after_step()
+        # Before the unit norm, which then rescales the corrected rows with the others.
         if self.cfg.orthogonal_children:
             orthogonalise_children(self.W_dec.data, self.tier_widths)
+        super().after_step()
 
     def diagnostics(self) -> dict[str, float]:
         out = {f"threshold/tier{i + 1}": float(t) for i, t in enumerate(self.thresholds)}
@@ -250,18 +251,15 @@ class TreeHSAE(HSAE, TopKFamilySAE):
 
 
 def orthogonalise_children(W_dec: Tensor, tier_widths: list[int]) -> None:
-    """Take out of each child's unit decoder row its component along its parent's, in place,
-    tier by tier (a grandchild reads its parent's row as already corrected). The children of
-    one parent are a contiguous block, so this is a broadcast over ``[parents, ratio, d_in]``,
-    O(width x d_in) per call and no gather. A row that was its parent's direction and nothing
-    else (nothing left of it) is left as it was."""
+    """Take out of each child's decoder row its component along its parent's, in place, tier
+    by tier (a grandchild is taken against its parent's row as already corrected); the norms
+    are left to the unit norm that follows. The children of one parent are a contiguous
+    block, so this is two batched products over ``[parents, ratio, d_in]``: O(width x d_in),
+    no gather and no temporary of the decoder's size (16,384 latents, d_in 576: 2.6 ms, against
+    6.7 ms for the same as a broadcast product and 2.1 ms for the unit norm)."""
     start = 0
     for width, child_width in zip(tier_widths, tier_widths[1:]):
-        parents = F.normalize(W_dec[start : start + width].float(), dim=-1).unsqueeze(1)
-        block = W_dec[start + width : start + width + child_width]
-        rows = block.float().view(width, child_width // width, -1)
-        rows = rows - (rows * parents).sum(-1, keepdim=True) * parents
-        norms = rows.norm(dim=-1, keepdim=True)
-        rows = torch.where(norms > 1e-4, rows / norms.clamp_min(1e-4), block.float().view_as(rows))
-        block.copy_(rows.view_as(block))
+        parents = F.normalize(W_dec[start : start + width], dim=-1).unsqueeze(1)  # [p, 1, d]
+        rows = W_dec[start + width : start + width + child_width].view(width, child_width // width, -1)
+        rows.baddbmm_(torch.bmm(rows, parents.transpose(1, 2)), parents, alpha=-1)
         start += width
