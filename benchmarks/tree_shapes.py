@@ -20,8 +20,9 @@ p_independent 0.03):
   [12, 3, 2] 160 / 480 / 1440, the answer script's widths.
 
 Each run is ``saezoo train hsae --preset tree`` in a subprocess; its metrics.json is read back.
-A run whose metrics.json exists under ``--out`` is not run again (delete it to rerun), so a
-benchmark that was stopped goes on where it was. Prints one row per run and one per shape.
+A run whose metrics.json exists under ``--out`` is not run again (delete it to rerun), and one
+stopped part-way goes on from its last checkpoint (``saezoo train --resume``), so a benchmark
+that was stopped goes on where it was. Prints one row per run and one per shape.
 """
 
 from __future__ import annotations
@@ -70,26 +71,13 @@ def run(branching: list[int], steps: int, seed: int, out: Path, threads: int, ex
     name = "-".join(map(str, branching)) + f"_seed{seed}"
     where = out / name
     if not (where / "metrics.json").exists():
-        cmd = [
-            sys.executable,
-            "-m",
-            "saezoo.cli",
-            "train",
-            "hsae",
-            "--preset",
-            "tree",
-            "--source",
-            "synthetic",
-            "--steps",
-            str(steps),
-            "--set",
-            f"train.seed={seed}",
-            "--out",
-            str(where),
-            "-q",
-        ]
-        for s in [*settings(branching), *extra]:
-            cmd += ["--set", s]
+        if (where / "cfg.json").exists():  # stopped part-way: go on from its last checkpoint
+            cmd = [sys.executable, "-m", "saezoo.cli", "train", "--resume", str(where), "-q"]
+        else:
+            cmd = [sys.executable, "-m", "saezoo.cli", "train", "hsae", "--preset", "tree", "--source", "synthetic"]
+            cmd += ["--steps", str(steps), "--set", f"train.seed={seed}", "--out", str(where), "-q"]
+            for s in [*settings(branching), *extra]:
+                cmd += ["--set", s]
         print(" ".join(cmd), file=sys.stderr, flush=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
