@@ -22,7 +22,8 @@ p_independent 0.03):
 Each run is ``saezoo train hsae --preset tree`` in a subprocess; its metrics.json is read back.
 A run whose metrics.json exists under ``--out`` is not run again (delete it to rerun), and one
 stopped part-way goes on from its last checkpoint (``saezoo train --resume``), so a benchmark
-that was stopped goes on where it was. Prints one row per run and one per shape.
+that was stopped goes on where it was; both only for the settings the run was started with
+(kept beside it as ``<run>.json``), otherwise the script stops and asks for another ``--out``. Prints one row per run and one per shape.
 """
 
 from __future__ import annotations
@@ -67,17 +68,32 @@ def compact(value: list) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def by_depth(scores: list[float]) -> str:
+    return " / ".join(f"{x:.3f}" for x in scores)
+
+
 def run(branching: list[int], steps: int, seed: int, out: Path, threads: int, extra: list[str]) -> dict:
     name = "-".join(map(str, branching)) + f"_seed{seed}"
     where = out / name
+    # What was asked of the run, kept beside it: a run directory is reused or resumed only for
+    # the same request, never read back as the result of other settings.
+    options = [f"train.seed={seed}", *settings(branching), *extra]
+    request = {"steps": steps, "set": options}
+    asked = out / f"{name}.json"
+    if where.exists():
+        if not asked.exists() or json.loads(asked.read_text()) != request:
+            raise ValueError(f"{where} holds a run with other settings than these; give another --out")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        asked.write_text(json.dumps(request))
     if not (where / "metrics.json").exists():
         if (where / "cfg.json").exists():  # stopped part-way: go on from its last checkpoint
             cmd = [sys.executable, "-m", "saezoo.cli", "train", "--resume", str(where), "-q"]
         else:
             cmd = [sys.executable, "-m", "saezoo.cli", "train", "hsae", "--preset", "tree", "--source", "synthetic"]
-            cmd += ["--steps", str(steps), "--set", f"train.seed={seed}", "--out", str(where), "-q"]
-            for s in [*settings(branching), *extra]:
-                cmd += ["--set", s]
+            cmd += ["--steps", str(steps), "--out", str(where), "-q"]
+            for option in options:
+                cmd += ["--set", option]
         print(" ".join(cmd), file=sys.stderr, flush=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -131,20 +147,22 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as e:  # saezoo has said why on stderr
         print(f"tree_shapes.py: a run failed (exit {e.returncode}): {' '.join(e.cmd)}", file=sys.stderr)
         return 1
+    except ValueError as e:
+        print(f"tree_shapes.py: {e}", file=sys.stderr)
+        return 2
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps(results, indent=1))
 
     rows = []
     for r in results:
         n = len(r["scores"]) // 2
-        cell = lambda xs: " / ".join(f"{x:.3f}" for x in xs)  # noqa: E731
         rows.append(
             [
                 r["shape"],
                 r["seed"],
                 r["steps"],
-                cell(r["scores"][:n]),
-                cell(r["scores"][n:]),
+                by_depth(r["scores"][:n]),
+                by_depth(r["scores"][n:]),
                 f"{r['absorption']:.3f}",
                 f"{r['explained_variance']:.3f}",
                 "yes" if r["at_bar"] else "no",
