@@ -128,6 +128,11 @@ class SAE(nn.Module):
     def init_from_data(self, sample: Tensor) -> None:
         """Data-dependent initialisation from a sample of (normalised) activations."""
 
+    def begin_step(self, step: int, steps: int) -> None:
+        """Called by the trainer before each training step's forward, ``step`` steps of
+        ``steps`` done (a resumed run starts at its checkpoint's step): for a schedule the SAE
+        keeps itself, e.g. a loss that stops part-way through training."""
+
     @torch.no_grad()
     def after_step(self) -> None:
         """Constraints applied after each optimiser step (e.g. unit-norm decoder rows)."""

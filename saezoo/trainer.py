@@ -168,6 +168,7 @@ class Trainee:
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.autocast == "bf16" else nullcontext()
         )
+        self.sae.begin_step(self.step, cfg.steps)
         with autocast:
             out = self.forward(x, knobs, dead_mask)
         loss = sum(out.losses.values())

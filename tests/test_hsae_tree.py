@@ -436,3 +436,32 @@ def test_prefix_losses_are_the_errors_of_tier_one_and_of_tiers_one_and_two():
     # They train the decoder rows of the tiers above the last (the selection has no gradient).
     out.losses["prefix_mse"].backward()
     assert sae.W_dec.grad[:48].abs().sum() > 0 and sae.W_dec.grad[48:].abs().sum() == 0
+
+
+def test_prefix_losses_stop_at_prefix_until(tmp_path):
+    # Decided from the step the trainer gives before each step, no state of its own: a run
+    # resumed from a checkpoint past the stop does not train them again.
+    sae = tree(16, [16, 32, 64], k=6)
+    sae.cfg.prefix_until = 0.5
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(3))
+    sae.begin_step(4, 10)
+    assert "prefix_mse" in sae(x).losses
+    sae.begin_step(5, 10)
+    assert "prefix_mse" not in sae(x).losses
+    # Through the trainer: TensorBoard has the prefix loss for the first half only.
+    import saezoo
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sets = ["sae.tier_expansion=[1,2]", "sae.k=4", "sae.prefix_until=0.5", "train.log_every=1"]
+    saezoo.train("hsae", "synthetic", preset="tree", steps=20, sets=sets, out=tmp_path / "run")
+    logged = []
+    for events in (tmp_path / "run" / "tb").iterdir():
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        logged += [e.step for e in acc.Scalars("loss/prefix_mse")]
+    assert sorted(logged) == list(range(1, 11))
+
+
+def test_prefix_until_outside_zero_one_is_refused():
+    with pytest.raises(ValueError, match="prefix_until"):
+        HSAE(16, HSAEConfig(coupling="tree", tier_expansion=[1, 2], k=4, prefix_until=1.5))

@@ -27,7 +27,8 @@ setting, so the ablation can turn it off):
 
 * prefix losses (``prefix_losses``): tier 1 alone, and tiers 1-2, also reconstruct the input,
   as Matryoshka SAEs train their nested dictionaries, so a parent stands for all its
-  children's tokens and does not take in one child's direction;
+  children's tokens and does not take in one child's direction (for the first
+  ``prefix_until`` of training: all of it by default);
 * placement (:mod:`saezoo_hsae.placement`, ``regraft_every``): the slots are fixed, but a
   latent found firing inside another latent moves under it, and a child found to be a guest
   of its parent (the parent fires there only to let it fire) moves up to tier 1.
@@ -70,6 +71,7 @@ class TreeHSAE(HSAE, TopKFamilySAE):
         # Whether the current window's counts can still lead to moves (see reorganise).
         self.placing = cfg.regraft_every > 0 and self.n_tiers > 1
         self.moves_made = 0
+        self.prefix_on = True  # whether this step trains the prefix losses (begin_step)
 
     @property
     def children_per_parent(self) -> list[int]:
@@ -94,6 +96,8 @@ class TreeHSAE(HSAE, TopKFamilySAE):
                 "regraft_every must be >= 0, regraft_share in (0, 1] and regraft_until in [0, 1]; got "
                 f"{cfg.regraft_every}, {cfg.regraft_share}, {cfg.regraft_until}"
             )
+        if not 0 <= cfg.prefix_until <= 1:
+            raise ValueError(f"prefix_until must be in [0, 1]; got {cfg.prefix_until}")
         n = len(cfg.tier_expansion)
         if cfg.tier_shares is not None and (len(cfg.tier_shares) != n or any(s <= 0 for s in cfg.tier_shares)):
             raise ValueError(
@@ -182,6 +186,9 @@ class TreeHSAE(HSAE, TopKFamilySAE):
             self.threshold_updates += 1
         update_running_threshold(self.thresholds[tier], smallest, self.threshold_updates, self.cfg.threshold_beta)
 
+    def begin_step(self, step: int, steps: int) -> None:
+        self.prefix_on = step < self.cfg.prefix_until * steps
+
     @torch.no_grad()
     def after_step(self) -> None:
         # Before the unit norm, which then rescales the corrected rows with the others.
@@ -197,7 +204,7 @@ class TreeHSAE(HSAE, TopKFamilySAE):
 
     def forward(self, x: Tensor, knobs: dict[str, float] | None = None, dead_mask: Tensor | None = None) -> SAEOutput:
         out = super().forward(x, knobs, dead_mask)
-        if self.cfg.prefix_losses and self.n_tiers > 1:
+        if self.cfg.prefix_losses and self.n_tiers > 1 and self.prefix_on:
             out.losses["prefix_mse"] = self.prefix_error(x, out.codes)
         if self.training and self.placing:
             n = SAMPLE_TOKENS
