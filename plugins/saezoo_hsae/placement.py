@@ -51,9 +51,9 @@ MIN_LIFT = 4
 # A child is a guest of its parent when the parent's use on the child's tokens (what the
 # squared error would grow by without it) is under this share of its use where it fires
 # without the child: the parent fires there only to let the child fire. Measured on the
-# synthetic tree [8, 4, 3]: guests 0.29-0.46, true children 0.79-1.4; on [4, 3, 2] and
-# [6, 4, 2] (session 20, held-out tokens), independent features hosted by one whose
-# direction is like theirs (cosine 0.33-0.43) 0.23-0.58, true children 0.39-2.6.
+# synthetic tree [8, 4, 3]: guests 0.29-0.46, true children 0.79-1.4; on [4, 3, 2]
+# (session 20, held-out tokens), independent features hosted by one whose direction is like
+# theirs (cosine 0.33-0.43) 0.23-0.33, true children 0.48-1.8.
 GUEST_BELOW = 0.6
 # A latent that has just moved under a new parent still carries part of that parent's direction
 # (it absorbed it in its old place), so in the next window the parent looks unused on its
