@@ -53,6 +53,7 @@ def shapes_and_finite_losses(name: str) -> None:
     x = sample()
     sae = build(name)
     sae.init_from_data(x)
+    sae.begin_step(0, 1)  # the trainer's order: begin_step, forward, backward, after_*, reorganise
     out = sae(x, {}, torch.zeros(sae.width, dtype=torch.bool))
     assert out.x_hat.shape == x.shape, f"x_hat has shape {tuple(out.x_hat.shape)}, x {tuple(x.shape)}"
     assert out.codes.shape == (TOKENS, sae.width), f"codes have shape {tuple(out.codes.shape)}"
@@ -65,6 +66,7 @@ def shapes_and_finite_losses(name: str) -> None:
     sum(out.losses.values()).backward()
     sae.after_backward()
     sae.after_step()
+    sae.reorganise(1, 1)
     assert dataclasses.is_dataclass(sae.cfg)
 
 
