@@ -4,7 +4,7 @@
     python benchmarks/tree_shapes.py                              # every shape, seeds 0 and 1
     python benchmarks/tree_shapes.py --shapes 6,4,2 4,3,2 --seeds 0 1 2
     python benchmarks/tree_shapes.py --jobs 2 --out /tmp/shapes    # two runs at a time
-    python benchmarks/tree_shapes.py --set sae.orthogonal_children=true --out /tmp/orth
+    python benchmarks/tree_shapes.py --set sae.orthogonal_children=false --out /tmp/free-rows
 
 One rule sets every shape's model from its source, so no shape gets settings of its own
 (the synthetic defaults: d_in 64, 64 independent features, p_parent 0.08, p_child 0.8,
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a setting for every run, after the rule's (e.g. sae.orthogonal_children=true)",
+        help="a setting for every run, after the rule's (e.g. sae.prefix_until=1)",
     )
     a = p.parse_args(argv)
     try:

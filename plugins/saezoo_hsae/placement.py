@@ -24,6 +24,19 @@ latent as well, and every latent that moves under a parent whose direction it to
 separated from it (:func:`separate`): the direction leaves its row, and the parent's encoder
 stops staying silent along the latent's new row.
 
+A child whose parent fires on its tokens only to let it fire is a *guest* (an independent
+feature hosted in a child slot) and goes up to tier 1 (``GUEST_BELOW``). It goes back under
+the latent it left only by co-firing (it still fires inside it on ``regraft_share`` of its
+tokens, though now free to fire anywhere), never by the absorber rule, nor that latent under
+it: their rows' likeness is what let one host the other. Once it has gone back, the guest rule
+leaves the pair alone. The guest rule's measure does not tell true children from hosted
+independent features well, and without this the rules undid each other every few windows to
+the end of training, so each pair ended wherever the last window left it. Traced on the trees
+[4, 3, 2] and [6, 4, 2] (seed 1, session 21): 40 true children sent up from their parent
+(measure 0.17-0.6), 19 brought back in the next window by co-firing and 16 by the absorber
+rule; 54 independent features sent up from another (0.22-0.58), 3 brought back by co-firing
+and 28 by the absorber rule.
+
 Counting co-firing costs tokens x (active latents of the tier)^2 per step, a scatter into a
 ``[width_i, width_i]`` table per tier that has children; nothing per step is width^2.
 """
@@ -88,6 +101,9 @@ class Window(NamedTuple):
 class Placement:
     """Firing statistics over the current window, and the moves they call for."""
 
+    # Per-position state that belongs to the latent, so a move carries it.
+    CARRIED = ("settling", "identity", "evicted_by", "confirmed")
+
     def __init__(self, tier_widths: list[int], parents: Tensor):
         """``parents``: the fixed tree, ``SAE.latent_parents()`` of the tree-gated HSAE."""
         self.widths = tier_widths
@@ -110,6 +126,12 @@ class Placement:
         self.cofires = [torch.zeros(w, hi - lo) for w, (lo, hi) in zip(tier_widths, self.holders)]
         # Windows left before a latent that moved down may move up (by position; moves carry it).
         self.settling = torch.zeros(width, dtype=torch.long)
+        # The latent at each position (moves carry it), and per latent, by position: the latent
+        # it was last sent up from as a guest, and the latent it went back under after that
+        # (-1: none; why: the module docstring, on guests).
+        self.identity = torch.arange(width)
+        self.evicted_by = torch.full((width,), -1, dtype=torch.long)
+        self.confirmed = torch.full((width,), -1, dtype=torch.long)
 
     def reset(self) -> None:
         self.tokens = 0
@@ -121,7 +143,7 @@ class Placement:
         """Add a batch to the window: its codes ``[batch, width]``, what the SAE left of it
         (``x - x_hat``) and the decoder ``[width, d_in]``."""
         if self.fires.device != codes.device:
-            for name in ("fires", "use", "parent_use", "parents", "settling"):
+            for name in ("fires", "use", "parent_use", "parents", *self.CARRIED):
                 setattr(self, name, getattr(self, name).to(codes.device))
             self.cofires = [table.to(codes.device) for table in self.cofires]
         codes, residual, decoder = codes.float(), residual.float(), decoder.float()
@@ -228,6 +250,7 @@ class Placement:
             & (w.holder_own >= 1.5 * fires.unsqueeze(1))
             & w.lift
             & (fires >= MIN_FIRES).unsqueeze(1)
+            & ~self._evicted(tier)
         )
         # Not its own parent: gating already trains the parent's direction out of the row.
         own = self.parents[start : start + width] - lo
@@ -248,6 +271,14 @@ class Placement:
             self.place(sae, tier, a_global, b_global, slot)
             moved += 1
         return moved
+
+    def _evicted(self, tier: int) -> Tensor:
+        """[a, b]: latent a of ``tier`` was last sent up as a guest of latent b, or b of a."""
+        start, (lo, hi) = self.starts[tier], self.holders[tier]
+        mine = slice(start, start + self.widths[tier])
+        a_of_b = self.evicted_by[mine].unsqueeze(1) == self.identity[lo:hi].unsqueeze(0)
+        b_of_a = self.evicted_by[lo:hi].unsqueeze(0) == self.identity[mine].unsqueeze(1)
+        return a_of_b | b_of_a
 
     def _window(self, tier: int) -> Window:
         """The window's counts that both moving-down rules read, for the latents of ``tier``
@@ -272,6 +303,7 @@ class Placement:
         # The parent's tokens without this child (a child fires only where its parent does).
         without = (self.use[parent] - self.parent_use) / (self.fires[parent] - self.fires).clamp_min(1)
         guest = child & (self.fires[parent] > self.fires) & (with_child < GUEST_BELOW * without) & (self.settling == 0)
+        guest &= self.confirmed != self.identity[parent]  # it came back under this parent once
         top = torch.arange(self.widths[0])
         free = top[self.fires[top].argsort()].tolist()
         moved = 0
@@ -282,7 +314,9 @@ class Placement:
                 free.pop(0)
             if not free or self.fires[free[0]] * 2 >= self.fires[c]:
                 continue
-            self.move(sae, self.tier_of(c), c, 0, free.pop(0))
+            host, target = int(self.identity[self.parents[c]]), free.pop(0)
+            self.move(sae, self.tier_of(c), c, 0, target)
+            self.evicted_by[target] = host
             moved += 1
         return moved
 
@@ -291,6 +325,8 @@ class Placement:
         settles (the guest rule waits) and is separated from the holder's direction."""
         self.move(sae, tier, latent, self.tier_of(holder) + 1, slot)
         self.settling[slot] = SETTLE_WINDOWS + 1  # this window's +1 goes at the next
+        if self.evicted_by[slot] == self.identity[holder]:
+            self.confirmed[slot] = self.identity[holder]
         separate(sae, slot, holder)
 
     def slot(self, tier: int, holder: int, fires: float) -> int | None:
@@ -312,7 +348,7 @@ class Placement:
         """Swap ``latent`` (in ``tier``) with ``slot`` (in ``slot_tier``); its most used
         children take the least used child slots of ``slot``, and so on down."""
         swap(sae, latent, slot)
-        for stat in (self.fires, self.settling):
+        for stat in (self.fires, *(getattr(self, name) for name in self.CARRIED)):
             stat[[latent, slot]] = stat[[slot, latent]]
         self.touched.update((latent, slot))
         if tier + 1 >= len(self.widths) or slot_tier + 1 >= len(self.widths):

@@ -66,27 +66,29 @@ class HSAEConfig:
     reconstruct the input, as Matryoshka SAEs train their nested dictionaries: a parent must
     stand for all of its children's tokens on its own, so it cannot take in one child's
     direction (README: ablation)."""
-    prefix_until: float = 1.0
+    prefix_until: float = 0.75
     """tree: share of training during which the prefix losses apply. They help the search
     find the tree, then hold it away from the truth: from the planted true tree they move it
-    off (README: session 18). 0.5 with orthogonal_children put [12, 3, 2] at issue 17's bar on
-    3 of 3 seeds and [8, 4, 3] on 1 of 3; 0.75, 7 of 13 runs of five shapes against the
-    defaults' 6 (README: session 20): too few to change the default, all of it."""
-    orthogonal_children: bool = False
+    off (README: session 18). With orthogonal_children, 0.75 put 16 of 21 runs of five
+    synthetic trees at issue 17's bar (README: session 21), and on SmolLM2 the preset explains
+    0.848 against 0.842 with the prefix losses to the end (all of it, the default until then)."""
+    orthogonal_children: bool = True
     """tree: after each step, each child's decoder row loses its component along its parent's
     row, so a child stands only for what it adds to its parent. A child always fires with its
     parent, so the loss does not tell their rows apart along the parent's direction, and left
     free the child's row drifts into it: its parent then looks unused on its tokens and
-    placement sends it up to tier 1. Measured (README: session 18): absorption lower on every
-    synthetic tree and the small trees' recall up, but depth-1 precision down on [12, 3, 2]
-    (the issue's bar on 3 of 5 seeds against 4 of 5), so it is not the default."""
+    placement sends it up to tier 1. Absorption is lower with it on every synthetic tree
+    (README: session 18); off, it cost [12, 3, 2] depth-1 precision until session 21's change
+    to placement (with it and prefix_until 0.75, 3 of 3 seeds at issue 17's bar)."""
     regraft_every: int = 200
     """tree: every this many steps, a latent that fires mostly inside another latent of its own
     tier (on at least regraft_share of its tokens) moves, with the latents below it, under
     that latent, into its least used child slot: fixed slots, learned placement. 0: never.
     The counts of a window are not checkpointed: a run resumed from a checkpoint inside a
-    window decides that window's moves on its second part only (exact when
-    train.checkpoint_every is a multiple of this)."""
+    window decides that window's moves on its second part only (whole windows when
+    train.checkpoint_every is a multiple of this). Nor is which latents have just moved or
+    were sent up as guests (placement.py): a resumed run may move a latent that the run
+    without the stop would have left where it was."""
     regraft_share: float = 0.5
     """tree: share of a latent's firing during which the other latent must fire for it to
     move (the hierarchy metrics' inferred-parent threshold)."""
