@@ -69,7 +69,7 @@ class HSAEConfig:
     prefix_until: float = 0.75
     """tree: share of training during which the prefix losses apply. They help the search
     find the tree, then hold it away from the truth: from the planted true tree they move it
-    off (README: session 18). With orthogonal_children, 0.75 put 16 of 21 runs of five
+    off (README: session 18). With orthogonal_children, 0.75 put 22 of 30 runs of five
     synthetic trees at issue 17's bar (README: session 21), and on SmolLM2 the preset explains
     0.848 against 0.842 with the prefix losses to the end (all of it, the default until then)."""
     orthogonal_children: bool = True
