@@ -23,7 +23,7 @@ from saezoo.activations.factory import build_source
 from saezoo.api import open_sae
 from saezoo.config.resolve import run_from_dict
 from saezoo.errors import SaezooError
-from saezoo.hierarchy import MATCH_MIN_SHARE, CodeRecord, active_share, match_features
+from saezoo.hierarchy import CodeRecord, match_truth
 
 
 def misses(path: Path) -> list[str]:
@@ -37,11 +37,9 @@ def misses(path: Path) -> list[str]:
     truth = source.ground_truth
     x, coeffs = source.eval_activations(run.train.eval_tokens), source.eval_features(run.train.eval_tokens)
     with torch.no_grad():
-        on = sae.encode(x) > 0
-    present = coeffs != 0
-    match = match_features(
-        truth.directions, sae.decoder_directions(), active_share(CodeRecord.from_codes(on.float()), present) >= MATCH_MIN_SHARE
-    )
+        codes = sae.encode(x)
+    on, present = codes > 0, coeffs != 0
+    match = match_truth(sae, CodeRecord.from_codes(codes), truth, coeffs)
     feature_of = {int(m): f for f, m in enumerate(match.tolist()) if m >= 0}
     starts = torch.tensor(sae.tier_widths).cumsum(0)
     parents = parents.long()

@@ -322,6 +322,15 @@ def match_features(
     return match
 
 
+def match_truth(sae: SAE, record: CodeRecord, truth: GroundTruth, true_coeffs: Tensor) -> Tensor:
+    """The matching every synthetic-source metric reads (docs/metrics.md): each true feature to
+    a latent of ``sae`` by decoder cosine, among the latents that fire on at least
+    MATCH_MIN_SHARE of the tokens where the feature is active (``record`` and ``true_coeffs``
+    on the same tokens)."""
+    eligible = active_share(record, true_coeffs.cpu() != 0) >= MATCH_MIN_SHARE
+    return match_features(truth.directions, sae.decoder_directions(), eligible)
+
+
 def tree_recovery(truth: GroundTruth, match: Tensor, parents: Tensor) -> dict[str, float]:
     """Precision, recall and F1 of the true edges in the tree ``parents`` (a parent latent per
     latent, -1 for none), per depth and over all depths, through the feature matching.
@@ -452,8 +461,7 @@ def hierarchy_metrics(
         raise ValueError("tree recovery and absorption need both the ground truth and the true coefficients")
     if truth is not None:
         true_coeffs = true_coeffs.cpu()  # the record is on the CPU; a source may generate elsewhere
-        eligible = active_share(record, true_coeffs != 0) >= MATCH_MIN_SHARE
-        match = match_features(truth.directions, sae.decoder_directions(), eligible)
+        match = match_truth(sae, record, truth, true_coeffs)
         for kind, parents in trees.items():
             for key, value in tree_recovery(truth, match, parents).items():
                 score, _, depth = key.partition("/")  # precision/depth1 -> tree_precision/inferred/depth1

@@ -102,7 +102,7 @@ class Placement:
     """Firing statistics over the current window, and the moves they call for."""
 
     # Per-position state that belongs to the latent, so a move carries it.
-    CARRIED = ("settling", "identity", "evicted_by", "confirmed")
+    CARRIED = ("settling", "identity", "evicted_by")
 
     def __init__(self, tier_widths: list[int], parents: Tensor):
         """``parents``: the fixed tree, ``SAE.latent_parents()`` of the tree-gated HSAE."""
@@ -126,12 +126,11 @@ class Placement:
         self.cofires = [torch.zeros(w, hi - lo) for w, (lo, hi) in zip(tier_widths, self.holders)]
         # Windows left before a latent that moved down may move up (by position; moves carry it).
         self.settling = torch.zeros(width, dtype=torch.long)
-        # The latent at each position (moves carry it), and per latent, by position: the latent
-        # it was last sent up from as a guest, and the latent it went back under after that
-        # (-1: none; why: the module docstring, on guests).
+        # The latent at each position (moves carry it), and per latent, by position, the latent
+        # it was last sent up from as a guest (-1: none; why: the module docstring, on guests).
+        # A latent found under that latent again went back by co-firing, the only way back.
         self.identity = torch.arange(width)
         self.evicted_by = torch.full((width,), -1, dtype=torch.long)
-        self.confirmed = torch.full((width,), -1, dtype=torch.long)
 
     def reset(self) -> None:
         self.tokens = 0
@@ -303,7 +302,7 @@ class Placement:
         # The parent's tokens without this child (a child fires only where its parent does).
         without = (self.use[parent] - self.parent_use) / (self.fires[parent] - self.fires).clamp_min(1)
         guest = child & (self.fires[parent] > self.fires) & (with_child < GUEST_BELOW * without) & (self.settling == 0)
-        guest &= self.confirmed != self.identity[parent]  # it came back under this parent once
+        guest &= self.evicted_by != self.identity[parent]  # it went back under this parent once
         top = torch.arange(self.widths[0])
         free = top[self.fires[top].argsort()].tolist()
         moved = 0
@@ -325,8 +324,6 @@ class Placement:
         settles (the guest rule waits) and is separated from the holder's direction."""
         self.move(sae, tier, latent, self.tier_of(holder) + 1, slot)
         self.settling[slot] = SETTLE_WINDOWS + 1  # this window's +1 goes at the next
-        if self.evicted_by[slot] == self.identity[holder]:
-            self.confirmed[slot] = self.identity[holder]
         separate(sae, slot, holder)
 
     def slot(self, tier: int, holder: int, fires: float) -> int | None:
