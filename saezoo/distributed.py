@@ -8,6 +8,8 @@ every function here is a no-op.
 
 from __future__ import annotations
 
+import atexit
+import importlib
 import os
 
 import torch
@@ -21,7 +23,23 @@ def init_from_env() -> None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # torch.distributed.nn.functional binds group.WORLD as a default argument when it is
+        # imported, and torch._dynamo imports it; imported after the group exists, it would keep
+        # the group alive past destroy_process_group. Imported first, it binds None.
+        importlib.import_module("torch.distributed.nn.functional")
+
         dist.init_process_group(backend)
+        # A rank whose work is done (every rank but 0 during the final evaluation) exits while
+        # gloo's worker threads may still hold tensors; if the group lives into interpreter
+        # teardown they abort the process (SIGABRT, "terminate called without an active
+        # exception", about one exit in ten) and torchrun then kills rank 0 mid-evaluation.
+        # Freed while Python is whole, the group joins its threads first.
+        atexit.register(_close)
+
+
+def _close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world() -> int:
