@@ -148,6 +148,18 @@ class SAE(nn.Module):
         step. Weights only: the optimiser's moments and the trainer's dead counters stay with
         the position, not the latent."""
 
+    def training_state(self) -> dict[str, Tensor]:
+        """State that training reads and that is neither a parameter nor a buffer (so not in
+        ``state_dict`` or the saved SAE), e.g. statistics gathered over several steps. The
+        trainer saves it with each checkpoint and gives it back to
+        :meth:`load_training_state` on resume, so a resumed run goes on as one that never
+        stopped. Every rank calls it at each checkpoint (under torchrun, state gathered per rank
+        can be summed over ranks here); rank 0's is saved. Empty by default."""
+        return {}
+
+    def load_training_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`training_state` returned (on the SAE's device), on every rank."""
+
     def gradient_groups(self) -> dict[str, tuple[list[nn.Parameter], float | None]]:
         """Parameters clipped together: name -> (params, max norm or None for the
         trainer's ``grad_clip``). One group by default."""

@@ -35,6 +35,8 @@ from saezoo.sae import SAE, group_slices
 
 # Tokens used to estimate the normalisation scale and initialise data-dependent weights.
 INIT_TOKENS = 16384
+# Prefix of the SAE's own training state (SAE.training_state) among the checkpoint's tensors.
+ARCH_STATE = "arch."
 
 
 class Interrupted(SaezooError):
@@ -138,6 +140,9 @@ class Trainee:
         ckpt.load_state(self.sae, sae_state, state_dir)
         self.opt.load_state_dict(opt_state)
         self.tokens_since_fired = tensors["tokens_since_fired"].to(self.device)
+        self.sae.load_training_state(
+            {k[len(ARCH_STATE) :]: v.to(self.device) for k, v in tensors.items() if k.startswith(ARCH_STATE)}
+        )
         torch.set_rng_state(tensors["rng_cpu"])
         if self.device.type == "cuda" and "rng_cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng_cuda"], self.device)
@@ -300,10 +305,12 @@ class Trainee:
     def save_checkpoint(self) -> None:
         if self.last_checkpoint == self.step:
             return  # saved already: steps are what change the state, and none was taken since
+        arch_state = self.sae.training_state()  # on every rank: it may be summed over ranks
         if not distributed.is_main():
             self.last_checkpoint = self.step
             return
         tensors = {"tokens_since_fired": self.tokens_since_fired, "rng_cpu": torch.get_rng_state()}
+        tensors.update({f"{ARCH_STATE}{k}": v for k, v in arch_state.items()})
         if self.device.type == "cuda":
             tensors["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {

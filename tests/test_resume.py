@@ -28,17 +28,24 @@ def _state_step(run):
         return -1
 
 
+# The tree-gated HSAE keeps state beyond its weights: placement's firing counts of the window
+# under way (a window of 20 steps: most checkpoints fall inside one) and which latents have just
+# moved or were sent up as guests.
+TREE = ["--preset", "tree", "--set", "sae.regraft_every=20", "--set", "sae.k=4", "--set", "sae.tier_shares=[0.83,0.17]"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["flat"])
-def test_sigkill_then_resume_is_bit_identical(arch, tmp_path):
+@pytest.mark.parametrize("arch, extra", [("flat", []), ("hsae", TREE)], ids=["flat", "hsae-tree"])
+def test_sigkill_then_resume_is_bit_identical(arch, extra, tmp_path):
+    args = [*EXTRA, *extra]
     reference = tmp_path / "reference"
-    proc = run_cli(*fast_train_args(arch, reference, STEPS, *EXTRA))
+    proc = run_cli(*fast_train_args(arch, reference, STEPS, *args))
     assert proc.returncode == 0, proc.stderr
 
     killed = tmp_path / "killed"
     target = random.Random().choice(range(13, STEPS - 13, 13))
     child = subprocess.Popen(
-        [sys.executable, "-m", "saezoo.cli", *fast_train_args(arch, killed, STEPS, *EXTRA)],
+        [sys.executable, "-m", "saezoo.cli", *fast_train_args(arch, killed, STEPS, *args)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -69,7 +76,7 @@ def test_sigkill_then_resume_is_bit_identical(arch, tmp_path):
         # Tell a resume that lost state from training that is not reproducible on this machine:
         # a second run without a kill, compared with the first.
         again = tmp_path / "again"
-        assert run_cli(*fast_train_args(arch, again, STEPS, *EXTRA)).returncode == 0
+        assert run_cli(*fast_train_args(arch, again, STEPS, *args)).returncode == 0
         c, _ = load_tensors(again / "sae.safetensors")
         repeatable = all((a[name] == c[name]).all() for name in a)
         pytest.fail(

@@ -132,6 +132,38 @@ class Placement:
         self.identity = torch.arange(width)
         self.evicted_by = torch.full((width,), -1, dtype=torch.long)
 
+    def state(self) -> dict[str, Tensor]:
+        """Everything a resumed run needs to move the same latents: the window's counts so far,
+        summed over ranks (every rank must call this), each co-firing table as its nonzero
+        cells (at 16,384 latents a dense table of tier 1 is 4096 x 16,384), and the state each
+        latent carries (the same on every rank: moves follow the summed counts)."""
+        tokens = distributed.sum_ranks(torch.tensor(self.tokens, device=self.fires.device))
+        out = {"tokens": tokens}
+        for name in ("fires", "use", "parent_use"):
+            out[name] = distributed.sum_ranks(getattr(self, name).clone())
+        out.update({name: getattr(self, name).clone() for name in self.CARRIED})
+        for i, table in enumerate(self.cofires):
+            counts = distributed.sum_ranks(table.clone()).view(-1)
+            cells = counts.nonzero().flatten()
+            out[f"cofires{i}.cells"], out[f"cofires{i}.counts"] = cells, counts[cells]
+        return out
+
+    def load(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`state` returned. The window's counts, summed over the ranks
+        that saved them, go to rank 0 alone: :meth:`regraft` sums them over ranks again."""
+        device = state["fires"].device  # record() keeps every tensor on the codes' device
+        main = distributed.is_main()
+        for name in self.CARRIED:
+            setattr(self, name, state[name].clone())
+        for name in ("fires", "use", "parent_use"):
+            setattr(self, name, state[name].clone() if main else torch.zeros_like(state[name]))
+        self.tokens = int(state["tokens"]) if main else 0
+        self.parents = self.parents.to(device)
+        self.cofires = [table.to(device).zero_() for table in self.cofires]
+        if main:
+            for i, table in enumerate(self.cofires):
+                table.view(-1)[state[f"cofires{i}.cells"]] = state[f"cofires{i}.counts"]
+
     def reset(self) -> None:
         self.tokens = 0
         for t in (self.fires, self.use, self.parent_use, *self.cofires):

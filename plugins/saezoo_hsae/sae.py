@@ -84,11 +84,8 @@ class HSAEConfig:
     """tree: every this many steps, a latent that fires mostly inside another latent of its own
     tier (on at least regraft_share of its tokens) moves, with the latents below it, under
     that latent, into its least used child slot: fixed slots, learned placement. 0: never.
-    The counts of a window are not checkpointed: a run resumed from a checkpoint inside a
-    window decides that window's moves on its second part only (whole windows when
-    train.checkpoint_every is a multiple of this). Nor is which latents have just moved or
-    were sent up as guests (placement.py): a resumed run may move a latent that the run
-    without the stop would have left where it was."""
+    The window's counts and which latents have just moved or were sent up as guests are saved
+    with each checkpoint, so a resumed run moves the latents the run without the stop would."""
     regraft_share: float = 0.5
     """tree: share of a latent's firing during which the other latent must fire for it to
     move (the hierarchy metrics' inferred-parent threshold)."""

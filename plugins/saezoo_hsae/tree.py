@@ -196,6 +196,18 @@ class TreeHSAE(HSAE, TopKFamilySAE):
             orthogonalise_children(self.W_dec.data, self.tier_widths)
         super().after_step()
 
+    def training_state(self) -> dict[str, Tensor]:
+        # Placement's window and per-latent state: without them a run resumed inside a window
+        # moved other latents than the run that never stopped (tests/test_resume.py).
+        state = {f"placement.{k}": v for k, v in self.placement.state().items()}
+        return {**state, "placing": torch.tensor(self.placing), "moves_made": torch.tensor(self.moves_made)}
+
+    def load_training_state(self, state: dict[str, Tensor]) -> None:
+        if not state:
+            return  # a checkpoint written before placement's state was saved: counting starts over
+        self.placement.load({k.removeprefix("placement."): v for k, v in state.items() if k.startswith("placement.")})
+        self.placing, self.moves_made = bool(state["placing"]), int(state["moves_made"])
+
     def diagnostics(self) -> dict[str, float]:
         out = {f"threshold/tier{i + 1}": float(t) for i, t in enumerate(self.thresholds)}
         if self.cfg.regraft_every:
