@@ -70,6 +70,38 @@ def shapes_and_finite_losses(name: str) -> None:
     assert dataclasses.is_dataclass(sae.cfg)
 
 
+def training_state_round_trip(name: str) -> None:
+    """What ``training_state`` returns goes into each checkpoint (safetensors) and back to
+    ``load_training_state`` on resume: tensors only, and the same state after the trip."""
+    training_state_survives(lambda: build(name))
+
+
+def training_state_survives(make: Callable[[], SAE]) -> None:
+    """:func:`training_state_round_trip` on the SAEs ``make`` builds (the same one each call)."""
+    x = sample()
+    sae = make()
+    sae.init_from_data(x)
+    sae.begin_step(0, 2)
+    sum(sae(x, {}, torch.zeros(sae.width, dtype=torch.bool)).losses.values()).backward()
+    sae.after_step()
+    state = sae.training_state()
+    if not state:
+        raise Skip("no training state (training_state() is empty)")
+    bad = [k for k, v in state.items() if not torch.is_tensor(v)]
+    assert not bad, f"training_state() values that are not tensors: {', '.join(bad)}"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state.safetensors"
+        checkpoint.save_tensors(path, state)
+        saved, _ = checkpoint.load_tensors(path)
+    fresh = make()
+    fresh.init_from_data(x)
+    fresh.load_training_state(saved)
+    again = fresh.training_state()
+    assert again.keys() == state.keys(), f"keys after the trip: {sorted(again)} against {sorted(state)}"
+    differ = [k for k in state if not torch.equal(again[k], state[k])]
+    assert not differ, f"training state that load_training_state did not restore: {', '.join(differ)}"
+
+
 def _assert_close(a: torch.Tensor, b: torch.Tensor, what: str, rtol: float, atol: float) -> None:
     try:
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
@@ -168,6 +200,7 @@ CHECKS: dict[str, Callable[[str], None]] = {
         shapes_and_finite_losses,
         fold_input_scale,
         save_load_round_trip,
+        training_state_round_trip,
         structural_tree,
         l0_control,
         saelens_round_trip,

@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+from saezoo import contract
+
 from helpers import assert_one_line_error, run_cli
 
 HERE = Path(__file__).resolve().parent
@@ -30,7 +32,7 @@ def test_check_an_installed_plugin(tmp_path):
     lines = proc.stdout.splitlines()
     # plain-relu fulfils the contract, its SAELens export included.
     plain = [line for line in lines if line.startswith("plain-relu (thirdparty) ")]
-    assert len(plain) == 7 and all(": ok" in line or ": skip" in line for line in plain), proc.stdout
+    assert len(plain) == len(contract.CHECKS) and all(": ok" in line or ": skip" in line for line in plain), proc.stdout
     assert "plain-relu (thirdparty) saelens_round_trip: ok" in lines
     # shifted's encoder ignores b_dec, so the default SAELens mapping does not hold: a failed check.
     (failed,) = [line for line in lines if ": FAIL" in line]

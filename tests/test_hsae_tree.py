@@ -274,6 +274,18 @@ def test_the_tiers_eval_thresholds_keep_up_with_a_drifting_encoder():
 # --- placement: fixed slots, learned placement --------------------------------------------
 
 
+def test_placement_state_survives_a_checkpoint():
+    """The window's counts and each latent's placement state go through safetensors and back
+    (the end-to-end check, a kill inside a window then a resume: tests/test_resume.py)."""
+    from saezoo import contract
+
+    sae = tree(16, [16, 32, 64], k=6)
+    contract.training_state_survives(lambda: tree(16, [16, 32, 64], k=6))
+    sae(torch.randn(64, 16))
+    state = sae.training_state()
+    assert int(state["placement.tokens"]) > 0 and float(state["placement.cofires0.counts"].sum()) > 0, state
+
+
 def labelled(widths: list[int]) -> tuple[TreeHSAE, Callable[[], torch.Tensor]]:
     """A tree SAE whose decoder rows are random directions in 256 dimensions (pairwise cosines
     below 0.3, so no row repeats another: no absorber, no repeat of a parent), and a function
