@@ -279,8 +279,8 @@ def test_placement_state_survives_a_checkpoint():
     (the end-to-end check, a kill inside a window then a resume: tests/test_resume.py)."""
     from saezoo import contract
 
-    sae = tree(16, [16, 32, 64], k=6)
     contract.training_state_survives(lambda: tree(16, [16, 32, 64], k=6))
+    sae = tree(16, [16, 32, 64], k=6)  # and the state it checks is not empty counts
     sae(torch.randn(64, 16))
     state = sae.training_state()
     assert int(state["placement.tokens"]) > 0 and float(state["placement.cofires0.counts"].sum()) > 0, state
