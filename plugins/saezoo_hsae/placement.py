@@ -101,6 +101,8 @@ class Window(NamedTuple):
 class Placement:
     """Firing statistics over the current window, and the moves they call for."""
 
+    # Per-latent counts of the current window (besides ``tokens`` and the co-firing tables).
+    WINDOW = ("fires", "use", "parent_use")
     # Per-position state that belongs to the latent, so a move carries it.
     CARRIED = ("settling", "identity", "evicted_by")
 
@@ -137,10 +139,8 @@ class Placement:
         summed over ranks (every rank must call this), each co-firing table as its nonzero
         cells (at 16,384 latents a dense table of tier 1 is 4096 x 16,384), and the state each
         latent carries (the same on every rank: moves follow the summed counts)."""
-        tokens = distributed.sum_ranks(torch.tensor(self.tokens, device=self.fires.device))
-        out = {"tokens": tokens}
-        for name in ("fires", "use", "parent_use"):
-            out[name] = distributed.sum_ranks(getattr(self, name).clone())
+        out = {"tokens": distributed.sum_ranks(torch.tensor(self.tokens, device=self.fires.device))}
+        out.update({name: distributed.sum_ranks(getattr(self, name).clone()) for name in self.WINDOW})
         out.update({name: getattr(self, name).clone() for name in self.CARRIED})
         for i, table in enumerate(self.cofires):
             counts = distributed.sum_ranks(table.clone()).view(-1)
@@ -151,32 +151,36 @@ class Placement:
     def load(self, state: dict[str, Tensor]) -> None:
         """Restore what :meth:`state` returned. The window's counts, summed over the ranks
         that saved them, go to rank 0 alone: :meth:`regraft` sums them over ranks again."""
-        device = state["fires"].device  # record() keeps every tensor on the codes' device
-        main = distributed.is_main()
         for name in self.CARRIED:
-            setattr(self, name, state[name].clone())
-        for name in ("fires", "use", "parent_use"):
-            setattr(self, name, state[name].clone() if main else torch.zeros_like(state[name]))
-        self.tokens = int(state["tokens"]) if main else 0
-        self.parents = self.parents.to(device)
-        self.cofires = [table.to(device).zero_() for table in self.cofires]
-        if main:
+            setattr(self, name, state[name].clone())  # moves change it in place
+        for name in self.WINDOW:
+            setattr(self, name, torch.zeros_like(state[name]))
+        self._to(state["fires"].device)
+        self.reset()  # the co-firing tables and the token count
+        if distributed.is_main():
+            self.tokens = int(state["tokens"])
+            for name in self.WINDOW:
+                getattr(self, name).copy_(state[name])
             for i, table in enumerate(self.cofires):
                 table.view(-1)[state[f"cofires{i}.cells"]] = state[f"cofires{i}.counts"]
 
     def reset(self) -> None:
         self.tokens = 0
-        for t in (self.fires, self.use, self.parent_use, *self.cofires):
+        for t in (*(getattr(self, name) for name in self.WINDOW), *self.cofires):
             t.zero_()
+
+    def _to(self, device: torch.device) -> None:
+        """Every tensor on ``device`` (record() keeps them on the codes' device)."""
+        for name in (*self.WINDOW, "parents", *self.CARRIED):
+            setattr(self, name, getattr(self, name).to(device))
+        self.cofires = [table.to(device) for table in self.cofires]
 
     @torch.no_grad()
     def record(self, codes: Tensor, residual: Tensor, decoder: Tensor) -> None:
         """Add a batch to the window: its codes ``[batch, width]``, what the SAE left of it
         (``x - x_hat``) and the decoder ``[width, d_in]``."""
         if self.fires.device != codes.device:
-            for name in ("fires", "use", "parent_use", "parents", *self.CARRIED):
-                setattr(self, name, getattr(self, name).to(codes.device))
-            self.cofires = [table.to(codes.device) for table in self.cofires]
+            self._to(codes.device)
         codes, residual, decoder = codes.float(), residual.float(), decoder.float()
         on = codes > 0
         self.tokens += codes.shape[0]
@@ -205,7 +209,7 @@ class Placement:
         """Make the moves the window calls for in ``sae``'s weights (``W_enc``, ``b_enc``,
         ``W_dec``); returns how many latents moved (not counting those that followed)."""
         self.tokens = int(distributed.sum_ranks(torch.tensor(self.tokens)))
-        for t in (self.fires, self.use, self.parent_use, *self.cofires):
+        for t in (*(getattr(self, name) for name in self.WINDOW), *self.cofires):
             distributed.sum_ranks(t)
         self.touched: set[int] = set()
         # Unit decoder rows as the window ends; a position that changes in this round is
