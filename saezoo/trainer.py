@@ -183,6 +183,10 @@ class Trainee:
         self.sae.after_backward()
         grad_norms = self.clip_gradients()
         finite = bool(torch.isfinite(torch.stack([loss.detach().float(), *grad_norms.values()])).all())
+        # Every rank takes the same branch: gradients are averaged, but a loss term with no
+        # gradient can be non-finite on one rank alone, and a step skipped there and taken
+        # elsewhere would leave the ranks' weights apart for the rest of the run.
+        finite = not bool(distributed.any_rank(torch.tensor([int(not finite)], device=self.device)))
         if finite:
             self.opt.step()
             self.sae.after_step()

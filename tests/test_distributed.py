@@ -24,22 +24,69 @@ def test_two_processes_match_one(tmp_path):
     single = tmp_path / "single"
     proc = run_cli(*fast_train_args("flat", single, 25))
     assert proc.returncode == 0, proc.stderr
-    torchrun = shutil.which("torchrun") or ""
-    launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
     multi = tmp_path / "multi"
-    proc = subprocess.run(
-        # --standalone takes a free port: a fixed one failed when two suites ran at once.
-        [*launcher, "--standalone", "--nproc_per_node", "2", "-m", "saezoo.cli", *fast_train_args("flat", multi, 25)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = _torchrun(*fast_train_args("flat", multi, 25))
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Summation order differs between one process and two.
     assert_same_weights(load_tensors(single / "sae.safetensors")[0], load_tensors(multi / "sae.safetensors")[0])
     # only rank 0 wrote: one TensorBoard writer, one metrics file
     assert len(list((multi / "tb").iterdir())) == 1
+
+
+def _torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    torchrun = shutil.which("torchrun") or ""
+    launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
+    return subprocess.run(
+        # --standalone takes a free port: a fixed one failed when two suites ran at once.
+        [*launcher, "--standalone", "--nproc_per_node", "2", "-m", "saezoo.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+# Flat, plus a loss term with no gradient that is NaN on rank 1 alone for three steps; each
+# rank writes a checksum of its decoder at every training step.
+_NAN_ON_ONE_RANK = """
+import os
+import torch
+from saezoo import distributed, hookimpl
+from saezoo_flat.sae import FlatSAE
+
+class NanOnRankOne(FlatSAE):
+    calls = 0
+
+    def forward(self, x, knobs=None, dead_mask=None):
+        out = super().forward(x, knobs, dead_mask)
+        if self.training:
+            type(self).calls += 1
+            bad = distributed.rank() == 1 and 10 < type(self).calls <= 13
+            out.losses["probe"] = torch.tensor(float("nan") if bad else 0.0)
+            path = os.path.join(os.environ["CHECKSUMS"], f"rank{distributed.rank()}.txt")
+            with open(path, "a") as f:
+                f.write(f"{float(self.W_dec.detach().double().sum())!r}\\n")
+        return out
+
+@hookimpl
+def register_architectures(register):
+    register("nan-on-rank-one", NanOnRankOne)
+"""
+
+
+@pytest.mark.slow
+def test_a_step_not_finite_on_one_rank_is_skipped_on_every_rank(tmp_path, monkeypatch):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "nan_on_rank_one.py").write_text(_NAN_ON_ONE_RANK)
+    monkeypatch.setenv("CHECKSUMS", str(tmp_path))
+    out = tmp_path / "run"
+    proc = _torchrun("--plugins-dir", str(plugins), *fast_train_args("nan-on-rank-one", out, 25))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["nonfinite_steps"] == 3
+    # The ranks' weights stay equal (apart, rank 1's decoder stayed behind from step 11 on).
+    rank0, rank1 = ((tmp_path / f"rank{r}.txt").read_text().split() for r in range(2))
+    assert len(rank0) == 25 and rank0 == rank1
 
 
 GLOBAL_BATCH = torch.arange(8 * 3, dtype=torch.float32).view(8, 3)
