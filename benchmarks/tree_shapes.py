@@ -12,11 +12,13 @@ p_independent 0.03):
 
 * tier budgets (k split by tier shares): the source's mean active features per depth (the
   top level counts the roots and the independent features), and in the last tier one latent
-  per token more (``LAST_TIER_SLACK``); k is their sum rounded up. With no slack (the rule
-  until session 23) a budget equal to the true rates makes a rotated basis cheaper than the
-  true tree: a child's latent that takes in its most frequent child, and a correction under
-  it where that child is absent, spend fewer latents of the last tier than the true tree does
-  (plugins/saezoo_hsae/README.md, session 23);
+  per token more (``LAST_TIER_SLACK``); k is their sum rounded up. The last tier's candidates
+  (one per firing parent) then stay under its budget, so it keeps every positive one and
+  held-out L0 does not grow. With no slack (the rule until session 23) a budget equal to the
+  true rates made a rotated basis cheaper than the true tree: a latent that takes in its most
+  frequent child, and a correction under it where that child is absent, spend fewer latents
+  of the last tier than the true tree and its corrections do (plugins/saezoo_hsae/README.md,
+  session 23);
 * widths: tier 1 is 2.5 x d_in (room for every top-level feature and as many again); each
   deeper tier gives every latent as many child slots as the source's nodes have children,
   and the last tier one more: the slot that a parent's "no child fires" correction takes
@@ -58,7 +60,8 @@ def settings(branching: list[int]) -> list[str]:
     s = SOURCE
     rates = [branching[0] * s["p_parent"] + s["n_independent"] * s["p_independent"]]
     rates += [branching[0] * s["p_parent"] * s["p_child"] ** d for d in range(1, len(branching))]
-    rates[-1] += LAST_TIER_SLACK
+    if len(rates) > 1:
+        rates[-1] += LAST_TIER_SLACK
     ratios = [*branching[1:-1], branching[-1] + 1] if len(branching) > 1 else []
     expansion = [2.5]
     for r in ratios:
