@@ -60,8 +60,7 @@ def settings(branching: list[int]) -> list[str]:
     s = SOURCE
     rates = [branching[0] * s["p_parent"] + s["n_independent"] * s["p_independent"]]
     rates += [branching[0] * s["p_parent"] * s["p_child"] ** d for d in range(1, len(branching))]
-    if len(rates) > 1:
-        rates[-1] += LAST_TIER_SLACK
+    rates[-1] += LAST_TIER_SLACK  # main() refuses trees of one level
     ratios = [*branching[1:-1], branching[-1] + 1] if len(branching) > 1 else []
     expansion = [2.5]
     for r in ratios:

@@ -182,11 +182,15 @@ class Trainee:
         distributed.average_gradients(self.sae)
         self.sae.after_backward()
         grad_norms = self.clip_gradients()
-        finite = bool(torch.isfinite(torch.stack([loss.detach().float(), *grad_norms.values()])).all())
-        # Every rank takes the same branch: gradients are averaged, but a loss term with no
-        # gradient can be non-finite on one rank alone, and a step skipped there and taken
-        # elsewhere would leave the ranks' weights apart for the rest of the run.
-        finite = not bool(distributed.any_rank(torch.tensor([int(not finite)], device=self.device)))
+        with torch.no_grad():
+            # One collective for two flags: which latents fired on any rank (codes are
+            # non-negative), and whether any rank's step is not finite. Every rank must take
+            # the same branch below: gradients are averaged, but a loss term with no gradient
+            # can be non-finite on one rank alone, and a step skipped there and taken elsewhere
+            # would leave the ranks' weights apart for the rest of the run.
+            not_finite = ~torch.isfinite(torch.stack([loss.detach().float(), *grad_norms.values()])).all()
+            flags = distributed.any_rank(torch.cat([(out.codes.amax(0) > 0).int(), not_finite.int().view(1)]))
+        fired, finite = flags[:-1].bool(), not bool(flags[-1])
         if finite:
             self.opt.step()
             self.sae.after_step()
@@ -195,10 +199,8 @@ class Trainee:
             self.opt.zero_grad(set_to_none=True)
             self.nonfinite_total += 1
             self.nonfinite_run += 1
-        with torch.no_grad():
-            fired = distributed.any_rank((out.codes.amax(0) > 0).int()).bool()  # codes are non-negative
-            self.tokens_since_fired += x.shape[0] * distributed.world()
-            self.tokens_since_fired[fired] = 0
+        self.tokens_since_fired += x.shape[0] * distributed.world()
+        self.tokens_since_fired[fired] = 0
         self.step += 1
         if finite:
             self.sae.reorganise(self.step, cfg.steps)
