@@ -11,14 +11,16 @@ One rule sets every shape's model from its source, so no shape gets settings of 
 p_independent 0.03):
 
 * tier budgets (k split by tier shares): the source's mean active features per depth (the
-  top level counts the roots and the independent features), and in the last tier one latent
-  per token more (``LAST_TIER_SLACK``); k is their sum rounded up. The last tier's candidates
-  (one per firing parent) then stay under its budget, so it keeps every positive one and
-  held-out L0 does not grow. With no slack (the rule until session 23) a budget equal to the
-  true rates made a rotated basis cheaper than the true tree: a latent that takes in its most
-  frequent child, and a correction under it where that child is absent, spend fewer latents
-  of the last tier than the true tree and its corrections do (plugins/saezoo_hsae/README.md,
-  session 23);
+  top level counts the roots and the independent features), and in the last tier also the
+  corrections its spare slots hold (a parent's "no child fires" latent, on the 1 - p_child of
+  its parent's tokens where no child fires: session 12). So the last tier's budget is its
+  parents' rate, the budget of the tier above; that tier keeps at most its budget, each kept
+  latent offers one candidate, and so the last tier keeps every positive candidate: its
+  budget never binds. k is the sum rounded up. With the features alone (the rule until
+  session 23) the last tier's budget made a rotated basis cheaper than the true tree: a
+  latent that takes in its most frequent child, and a correction under it where that child is
+  absent, spend fewer latents of the last tier than the true tree and its corrections do
+  (plugins/saezoo_hsae/README.md, sessions 23 and 24);
 * widths: tier 1 is 2.5 x d_in (room for every top-level feature and as many again); each
   deeper tier gives every latent as many child slots as the source's nodes have children,
   and the last tier one more: the slot that a parent's "no child fires" correction takes
@@ -49,9 +51,6 @@ from common import markdown_table  # noqa: E402
 # Steps per shape: [12, 3, 2] needs 8000 (at 4000, 1 of 5 seeds reached the bar; session 17).
 SHAPES = {(8, 4, 3): 4000, (12, 3, 2): 8000, (10, 3, 3): 6000, (6, 4, 2): 4000, (4, 3, 2): 8000}
 SOURCE = dict(d_in=64, n_independent=64, p_parent=0.08, p_child=0.8, p_independent=0.03)
-# Latents per token the last tier gets beyond the source's mean active features at that depth
-# (module docstring; measured in plugins/saezoo_hsae/README.md, session 23).
-LAST_TIER_SLACK = 1.0
 BAR = 0.9
 
 
@@ -60,7 +59,7 @@ def settings(branching: list[int]) -> list[str]:
     s = SOURCE
     rates = [branching[0] * s["p_parent"] + s["n_independent"] * s["p_independent"]]
     rates += [branching[0] * s["p_parent"] * s["p_child"] ** d for d in range(1, len(branching))]
-    rates[-1] += LAST_TIER_SLACK  # main() refuses trees of one level
+    rates[-1] += rates[-2] * (1 - s["p_child"])  # main() refuses trees of one level
     ratios = [*branching[1:-1], branching[-1] + 1] if len(branching) > 1 else []
     expansion = [2.5]
     for r in ratios:
