@@ -13,10 +13,11 @@ p_independent 0.03):
 * tier budgets (k split by tier shares): the source's mean active features per depth (the
   top level counts the roots and the independent features), and in the last tier also the
   corrections its spare slots hold (a parent's "no child fires" latent, on the 1 - p_child of
-  its parent's tokens where no child fires: session 12). So the last tier's budget is its
-  parents' rate, the budget of the tier above; that tier keeps at most its budget, each kept
-  latent offers one candidate, and so the last tier keeps every positive candidate: its
-  budget never binds. k is the sum rounded up. With the features alone (the rule until
+  its parent's tokens where no child fires: session 12). In a tree of three levels or more
+  the last tier's budget is then its parents' rate, the budget of the tier above; that tier
+  keeps at most its budget, each kept latent offers one candidate, and so the last tier keeps
+  every positive candidate: its budget never binds. (In a tree of two levels the tier above
+  also holds the independent features, which have no children.) k is the sum rounded up. With the features alone (the rule until
   session 23) the last tier's budget made a rotated basis cheaper than the true tree: a
   latent that takes in its most frequent child, and a correction under it where that child is
   absent, spend fewer latents of the last tier than the true tree and its corrections do
@@ -57,9 +58,9 @@ BAR = 0.9
 def settings(branching: list[int]) -> list[str]:
     """The ``--set`` options the rule above gives the tree of ``branching``."""
     s = SOURCE
-    rates = [branching[0] * s["p_parent"] + s["n_independent"] * s["p_independent"]]
-    rates += [branching[0] * s["p_parent"] * s["p_child"] ** d for d in range(1, len(branching))]
-    rates[-1] += rates[-2] * (1 - s["p_child"])  # main() refuses trees of one level
+    tree = [branching[0] * s["p_parent"] * s["p_child"] ** d for d in range(len(branching))]
+    rates = [tree[0] + s["n_independent"] * s["p_independent"], *tree[1:]]
+    rates[-1] += tree[-2] * (1 - s["p_child"])  # main() refuses trees of one level
     ratios = [*branching[1:-1], branching[-1] + 1] if len(branching) > 1 else []
     expansion = [2.5]
     for r in ratios:
