@@ -17,11 +17,11 @@ p_independent 0.03):
   the last tier's budget is then its parents' rate, the budget of the tier above; that tier
   keeps at most its budget, each kept latent offers one candidate, and so the last tier keeps
   every positive candidate: its budget never binds. (In a tree of two levels the tier above
-  also holds the independent features, which have no children.) k is the sum rounded up. With the features alone (the rule until
-  session 23) the last tier's budget made a rotated basis cheaper than the true tree: a
-  latent that takes in its most frequent child, and a correction under it where that child is
-  absent, spend fewer latents of the last tier than the true tree and its corrections do
-  (plugins/saezoo_hsae/README.md, sessions 23 and 24);
+  also holds the independent features, which have no children.) k is the sum rounded up.
+  With the features alone (the rule until session 23) the last tier's budget made a rotated
+  basis cheaper than the true tree: a latent that takes in its most frequent child, and a
+  correction under it where that child is absent, spend fewer latents of the last tier than
+  the true tree and its corrections do (plugins/saezoo_hsae/README.md, sessions 23 and 24);
 * widths: tier 1 is 2.5 x d_in (room for every top-level feature and as many again); each
   deeper tier gives every latent as many child slots as the source's nodes have children,
   and the last tier one more: the slot that a parent's "no child fires" correction takes
