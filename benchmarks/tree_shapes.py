@@ -61,7 +61,7 @@ def settings(branching: list[int]) -> list[str]:
     tree = [branching[0] * s["p_parent"] * s["p_child"] ** d for d in range(len(branching))]
     rates = [tree[0] + s["n_independent"] * s["p_independent"], *tree[1:]]
     rates[-1] += tree[-2] * (1 - s["p_child"])  # main() refuses trees of one level
-    ratios = [*branching[1:-1], branching[-1] + 1] if len(branching) > 1 else []
+    ratios = [*branching[1:-1], branching[-1] + 1]
     expansion = [2.5]
     for r in ratios:
         expansion.append(expansion[-1] * r)

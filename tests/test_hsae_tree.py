@@ -3,6 +3,7 @@ k, and that it learns."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -261,6 +262,30 @@ def test_a_short_run_finds_the_planted_tree(tmp_path):
     missed = lines.index("missed edges (a true child not under its parent's latent):")
     edges = 24  # the default source: 8 parents x 3 children
     assert (len(lines) - missed - 1) // 2 == round(edges * (1 - m["tree_recall/structural/depth1"]))
+
+
+@pytest.mark.parametrize("branching", [[8, 4, 3], [12, 3, 2], [10, 3, 3], [6, 4, 2], [4, 3, 2], [5, 2, 2, 2]])
+def test_the_shape_benchmarks_last_tier_budget_is_its_parents(branching):
+    """benchmarks/tree_shapes.py's rule: the last tier's budget (k x its share) equals the tier
+    above's, so the last tier, offered one candidate per latent the tier above keeps, keeps
+    every positive one (with less, a rotated basis was cheaper than the true tree: hsae
+    README, sessions 23-24); and k is the budgets' sum rounded up, no more."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "tree_shapes.py"
+    spec = importlib.util.spec_from_file_location("tree_shapes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    options = dict(o.split("=", 1) for o in module.settings(branching))
+    shares = [float(v) for v in options["sae.tier_shares"].strip("[]").split(",")]
+    assert len(shares) == len(branching) and shares[-1] == shares[-2], shares
+    src = module.SOURCE
+    tree_rate = branching[0] * src["p_parent"]
+    top = tree_rate + src["n_independent"] * src["p_independent"]
+    deeper = sum(tree_rate * src["p_child"] ** d for d in range(1, len(branching)))
+    total = top + deeper + tree_rate * src["p_child"] ** (len(branching) - 2) * (1 - src["p_child"])
+    assert int(options["sae.k"]) == math.ceil(total)
 
 
 def test_the_tiers_eval_thresholds_keep_up_with_a_drifting_encoder():
