@@ -12,21 +12,23 @@ skip (``hsae:dense``, the default) and hsae with tree gating (``hsae:tree``), at
 widths. Its report.json lands under ``--out``; this script prints the columns the issue asks
 for as markdown tables.
 
-* ``tree843``: synthetic source with a three-level tree ``branching = [8, 4, 3]`` (plus 64
-  independent features), d_in 64, L0 4 (the source's mean is about 3.5 features per token);
-  3392 latents (expansion 53) for the flat family, 160 / 640 / 2560 for the tree (tier 1 with
-  room for the 72 top-level features and more; 4 child slots per latent in both deeper tiers:
-  as many as the source's children, and one more than its grandchildren, the slot that a
-  parent's "no child fires" correction takes: plugins/saezoo_hsae/README.md), whose tier shares
-  follow the source's firing rates per depth (top level 2.6, depth 1 0.5, depth 2 0.4
-  features per token).
-* ``tree1232``: another shape, ``branching = [12, 3, 2]``, L0 5; 2112 latents (expansion 33),
-  the tree 160 / 480 / 1440 (3 child slots per latent in both deeper tiers); 8000 steps, as
-  the tree's placement needs them on this shape (at 4000, 1 of 5 seeds reached issue 17's
-  bar; at 8000, 7 of 8, the eighth one edge short: plugins/saezoo_hsae/README.md, session 17).
+The three synthetic comparisons set the tree HSAE by ``tree_shapes.py``'s rule (one rule for
+every tree: k, tier widths and shares from the source's firing rates; its docstring), steer
+every variant to that k, and give the flat family the tree's width rounded up to a whole
+expansion factor:
+
+* ``tree843``: a three-level tree ``branching = [8, 4, 3]`` (plus 64 independent features),
+  d_in 64, L0 4 (the source's mean is about 3.5 features per token); the tree 160 / 640 /
+  2560 latents, the flat family 3392 (expansion 53); 4000 steps.
+* ``tree1232``: another shape, ``branching = [12, 3, 2]``, L0 5; the tree 160 / 480 / 1440,
+  the flat family 2112 (expansion 33); 8000 steps, as the tree's placement needs them on this
+  shape (at 4000, 1 of 5 seeds reached issue 17's bar: plugins/saezoo_hsae/README.md, session
+  17).
 * ``synthetic``: the default two-level source (8 parents x 3 children, 64 independent), L0 4;
-  640 latents (expansion 10), the tree 160 / 480 with shares 0.83 : 0.17.
-* ``smollm2``: SmolLM2-135M ``model.layers.15`` on python-docs (the embedded default), the
+  the tree 160 / 640 (four child slots per parent: its three children and the correction
+  where none fires), the flat family 832 (expansion 13); 4000 steps.
+
+The fourth, ``smollm2``: SmolLM2-135M ``model.layers.15`` on python-docs (the embedded default), the
   default budget, L0 40; 5760 latents (expansion 10; the tree preset's 1440 / 4320, and a
   second tree of three tiers, 576 / 1728 / 3456 with shares 0.5 / 0.3 / 0.2, the preset until
   session 16; the dense HSAE its preset's 1152 / 1728 / 2304). The variants that select by a
@@ -42,12 +44,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from tree_shapes import tree_model  # noqa: E402
+
 VARIANTS = ["flat", "topk", "batchtopk", "matryoshka", "hsae:dense", "hsae:tree"]
 FLAT_FAMILY = ["flat", "topk", "batchtopk", "matryoshka"]
+SYNTHETIC_COLUMNS = [
+    "explained_variance", "l0", "tree_f1/", "tree_precision/", "tree_recall/", "consistency/", "absorption"
+]
 
 
 def widths(expansion: int, tree: list[float], shares: list[float] | None) -> list[str]:
@@ -58,22 +67,25 @@ def widths(expansion: int, tree: list[float], shares: list[float] | None) -> lis
     return sets
 
 
+def synthetic(branching: list[int], steps: int) -> dict[str, list[str]]:
+    """A comparison on the synthetic tree of ``branching``: the tree HSAE as tree_shapes.py's
+    rule sets it (the L0 every variant is steered to is its k), the flat family as wide (the
+    tree's width rounded up to a whole expansion factor)."""
+    tree = tree_model(branching)
+    return {
+        "args": ["--source", "synthetic", "--target-l0", str(tree["k"]), "--steps", str(steps)],
+        "sets": [
+            f"data.synthetic.branching={json.dumps(branching, separators=(',', ':'))}",
+            *widths(math.ceil(sum(tree["tier_expansion"])), tree["tier_expansion"], tree["tier_shares"]),
+        ],
+    }
+
+
 COMPARISONS: dict[str, dict] = {
-    "tree843": {
-        "args": ["--source", "synthetic", "--target-l0", "4", "--steps", "4000"],
-        "sets": ["data.synthetic.branching=[8,4,3]", *widths(53, [2.5, 10.0, 40.0], [0.73, 0.15, 0.12])],
-        "columns": ["explained_variance", "l0", "tree_f1/", "tree_precision/", "tree_recall/", "consistency/", "absorption"],
-    },
-    "tree1232": {
-        "args": ["--source", "synthetic", "--target-l0", "5", "--steps", "8000"],
-        "sets": ["data.synthetic.branching=[12,3,2]", *widths(33, [2.5, 7.5, 22.5], [0.68, 0.18, 0.14])],
-        "columns": ["explained_variance", "l0", "tree_f1/", "tree_precision/", "tree_recall/", "consistency/", "absorption"],
-    },
-    "synthetic": {
-        "args": ["--source", "synthetic", "--target-l0", "4", "--steps", "4000"],
-        "sets": widths(10, [2.5, 7.5], [0.83, 0.17]),
-        "columns": ["explained_variance", "l0", "tree_f1/", "tree_precision/", "tree_recall/", "consistency/", "absorption"],
-    },
+    "tree843": {**synthetic([8, 4, 3], 4000), "columns": SYNTHETIC_COLUMNS},
+    "tree1232": {**synthetic([12, 3, 2], 8000), "columns": SYNTHETIC_COLUMNS},
+    # The default source is the tree [8, 3]; naming it changes nothing in the stream.
+    "synthetic": {**synthetic([8, 3], 4000), "columns": SYNTHETIC_COLUMNS},
     "smollm2": {
         "args": ["--target-l0", "40"],
         "variants": [*VARIANTS, "hsae:tree"],  # given twice: the second is labelled hsae:tree#2

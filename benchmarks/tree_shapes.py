@@ -26,7 +26,8 @@ p_independent 0.03):
   deeper tier gives every latent as many child slots as the source's nodes have children,
   and the last tier one more: the slot that a parent's "no child fires" correction takes
   (plugins/saezoo_hsae/README.md, session 12). So [8, 4, 3] gets 160 / 640 / 2560 and
-  [12, 3, 2] 160 / 480 / 1440, the answer script's widths.
+  [12, 3, 2] 160 / 480 / 1440. ``hierarchy_answer.py`` sets its tree HSAEs by this rule too
+  (:func:`tree_model`).
 
 Each run is ``saezoo train hsae --preset tree`` in a subprocess; its metrics.json is read back.
 A run whose metrics.json exists under ``--out`` is not run again (delete it to rerun), and one
@@ -55,8 +56,9 @@ SOURCE = dict(d_in=64, n_independent=64, p_parent=0.08, p_child=0.8, p_independe
 BAR = 0.9
 
 
-def settings(branching: list[int]) -> list[str]:
-    """The ``--set`` options the rule above gives the tree of ``branching``."""
+def tree_model(branching: list[int]) -> dict:
+    """The tree HSAE the rule above gives the tree of ``branching``: its ``k``,
+    ``tier_expansion`` and ``tier_shares``."""
     s = SOURCE
     tree = [branching[0] * s["p_parent"] * s["p_child"] ** d for d in range(len(branching))]
     rates = [tree[0] + s["n_independent"] * s["p_independent"], *tree[1:]]
@@ -65,12 +67,19 @@ def settings(branching: list[int]) -> list[str]:
     expansion = [2.5]
     for r in ratios:
         expansion.append(expansion[-1] * r)
+    return {
+        "k": math.ceil(sum(rates)),
+        "tier_expansion": expansion,
+        "tier_shares": [round(r / sum(rates), 4) for r in rates],
+    }
+
+
+def settings(branching: list[int]) -> list[str]:
+    """The ``--set`` options the rule above gives the tree of ``branching``."""
     return [
         f"data.synthetic.branching={compact(branching)}",
-        *(f"data.synthetic.{key}={value}" for key, value in s.items()),
-        f"sae.k={math.ceil(sum(rates))}",
-        f"sae.tier_expansion={compact(expansion)}",
-        f"sae.tier_shares={compact([round(r / sum(rates), 4) for r in rates])}",
+        *(f"data.synthetic.{key}={value}" for key, value in SOURCE.items()),
+        *(f"sae.{key}={compact(value)}" for key, value in tree_model(branching).items()),
     ]
 
 
