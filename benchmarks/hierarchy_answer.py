@@ -25,8 +25,8 @@ expansion factor:
   shape (at 4000, 1 of 5 seeds reached issue 17's bar: plugins/saezoo_hsae/README.md, session
   17).
 * ``synthetic``: the default two-level source (8 parents x 3 children, 64 independent), L0 4;
-  the tree 160 / 640 (four child slots per parent: its three children and the correction
-  where none fires), the flat family 832 (expansion 13); 4000 steps.
+  the tree 160 / 480 (a tree of two levels gets no correction slot: the rule's docstring),
+  the flat family 640 (expansion 10); 4000 steps.
 
 The fourth, ``smollm2``: SmolLM2-135M ``model.layers.15`` on python-docs (the embedded default), the
   default budget, L0 40; 5760 latents (expansion 10; the tree preset's 1440 / 4320, and a

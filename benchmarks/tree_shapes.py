@@ -16,15 +16,22 @@ p_independent 0.03):
   its parent's tokens where no child fires: session 12). In a tree of three levels or more
   the last tier's budget is then its parents' rate, the budget of the tier above; that tier
   keeps at most its budget, each kept latent offers one candidate, and so the last tier keeps
-  every positive candidate: its budget never binds. (In a tree of two levels the tier above
-  also holds the independent features, which have no children.) k is the sum rounded up.
+  every positive candidate: its budget never binds. In a tree of two levels the tier above
+  also keeps the independent features, so the last tier's budget binds whatever it is, and
+  room for the corrections is room for independent features hosted in child slots: on
+  ``[8, 3]`` (the default source), seeds 0-5, 0 of 6 runs at the bar with the corrections'
+  budget and slot, 0 of 6 with the budget alone, 3 of 6 with neither (5 of 6 with those
+  shares rounded to two decimals; plugins/saezoo_hsae/README.md, session 25). So a two-level
+  tree gets its features' rates and no extra slot.
+  k is the sum rounded up.
   With the features alone (the rule until session 23) the last tier's budget made a rotated
   basis cheaper than the true tree: a latent that takes in its most frequent child, and a
   correction under it where that child is absent, spend fewer latents of the last tier than
   the true tree and its corrections do (plugins/saezoo_hsae/README.md, sessions 23 and 24);
 * widths: tier 1 is 2.5 x d_in (room for every top-level feature and as many again); each
   deeper tier gives every latent as many child slots as the source's nodes have children,
-  and the last tier one more: the slot that a parent's "no child fires" correction takes
+  and the last tier of a tree of three levels or more one more: the slot that a parent's
+  "no child fires" correction takes
   (plugins/saezoo_hsae/README.md, session 12). So [8, 4, 3] gets 160 / 640 / 2560 and
   [12, 3, 2] 160 / 480 / 1440. ``hierarchy_answer.py`` sets its tree HSAEs by this rule too
   (:func:`tree_model`).
@@ -62,8 +69,10 @@ def tree_model(branching: list[int]) -> dict:
     s = SOURCE
     tree = [branching[0] * s["p_parent"] * s["p_child"] ** d for d in range(len(branching))]
     rates = [tree[0] + s["n_independent"] * s["p_independent"], *tree[1:]]
-    rates[-1] += tree[-2] * (1 - s["p_child"])  # main() refuses trees of one level
-    ratios = [*branching[1:-1], branching[-1] + 1]
+    ratios = list(branching[1:])
+    if len(branching) > 2:  # the corrections, and their slots (the docstring: not in two levels)
+        rates[-1] += tree[-2] * (1 - s["p_child"])
+        ratios[-1] += 1
     expansion = [2.5]
     for r in ratios:
         expansion.append(expansion[-1] * r)

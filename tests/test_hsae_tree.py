@@ -288,6 +288,26 @@ def test_the_shape_benchmarks_last_tier_budget_is_its_parents(branching):
     assert int(options["sae.k"]) == math.ceil(total)
 
 
+def test_the_shape_benchmarks_two_level_tree_has_no_correction_budget():
+    """In a tree of two levels tier 1 also keeps the independent features, so room for
+    corrections in tier 2 went to independent features hosted in child slots ([8, 3], seeds
+    0-5: 0 of 6 runs at issue 17's bar with it, 3 of 6 without; hsae README, session 25): the
+    rule gives tier 2 its children's rate and one slot per child."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "tree_shapes.py"
+    spec = importlib.util.spec_from_file_location("tree_shapes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.tree_model([8, 3])
+    src = module.SOURCE
+    top = 8 * src["p_parent"] + src["n_independent"] * src["p_independent"]
+    children = 8 * src["p_parent"] * src["p_child"]
+    assert model["tier_shares"] == [round(top / (top + children), 4), round(children / (top + children), 4)]
+    assert model["tier_expansion"] == [2.5, 7.5] and model["k"] == math.ceil(top + children)
+
+
 def test_the_tiers_eval_thresholds_keep_up_with_a_drifting_encoder():
     # With a 100-step memory (threshold_beta 0.99) held-out L0 was 34.5 at k 40 on SmolLM2.
     assert drifting_eval_l0(tree(16, [16, 32, 64], k=6)) >= 0.9
