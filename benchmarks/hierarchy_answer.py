@@ -28,7 +28,9 @@ expansion factor:
   the tree 160 / 480 (a tree of two levels gets no correction slot: the rule's docstring),
   the flat family 640 (expansion 10); 4000 steps.
 
-The fourth, ``smollm2``: SmolLM2-135M ``model.layers.15`` on python-docs (the embedded default), the
+And one on the language model:
+
+* ``smollm2``: SmolLM2-135M ``model.layers.15`` on python-docs (the embedded default), the
   default budget, L0 40; 5760 latents (expansion 10; the tree preset's 1440 / 4320, and a
   second tree of three tiers, 576 / 1728 / 3456 with shares 0.5 / 0.3 / 0.2, the preset until
   session 16; the dense HSAE its preset's 1152 / 1728 / 2304). The variants that select by a

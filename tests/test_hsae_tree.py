@@ -264,12 +264,8 @@ def test_a_short_run_finds_the_planted_tree(tmp_path):
     assert (len(lines) - missed - 1) // 2 == round(edges * (1 - m["tree_recall/structural/depth1"]))
 
 
-@pytest.mark.parametrize("branching", [[8, 4, 3], [12, 3, 2], [10, 3, 3], [6, 4, 2], [4, 3, 2], [5, 2, 2, 2]])
-def test_the_shape_benchmarks_last_tier_budget_is_its_parents(branching):
-    """benchmarks/tree_shapes.py's rule: the last tier's budget (k x its share) equals the tier
-    above's, so the last tier, offered one candidate per latent the tier above keeps, keeps
-    every positive one (with less, a rotated basis was cheaper than the true tree: hsae
-    README, sessions 23-24); and k is the budgets' sum rounded up, no more."""
+def tree_shapes():
+    """benchmarks/tree_shapes.py as a module (benchmarks/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
@@ -277,6 +273,16 @@ def test_the_shape_benchmarks_last_tier_budget_is_its_parents(branching):
     spec = importlib.util.spec_from_file_location("tree_shapes", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("branching", [[8, 4, 3], [12, 3, 2], [10, 3, 3], [6, 4, 2], [4, 3, 2], [5, 2, 2, 2]])
+def test_the_shape_benchmarks_last_tier_budget_is_its_parents(branching):
+    """benchmarks/tree_shapes.py's rule: the last tier's budget (k x its share) equals the tier
+    above's, so the last tier, offered one candidate per latent the tier above keeps, keeps
+    every positive one (with less, a rotated basis was cheaper than the true tree: hsae
+    README, sessions 23-24); and k is the budgets' sum rounded up, no more."""
+    module = tree_shapes()
     options = dict(o.split("=", 1) for o in module.settings(branching))
     shares = [float(v) for v in options["sae.tier_shares"].strip("[]").split(",")]
     assert len(shares) == len(branching) and shares[-1] == shares[-2], shares
@@ -293,13 +299,7 @@ def test_the_shape_benchmarks_two_level_tree_has_no_correction_budget():
     corrections in tier 2 went to independent features hosted in child slots ([8, 3], seeds
     0-5: 0 of 6 runs at issue 17's bar with it, 3 of 6 without; hsae README, session 25): the
     rule gives tier 2 its children's rate and one slot per child."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "benchmarks" / "tree_shapes.py"
-    spec = importlib.util.spec_from_file_location("tree_shapes", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = tree_shapes()
     model = module.tree_model([8, 3])
     src = module.SOURCE
     top = 8 * src["p_parent"] + src["n_independent"] * src["p_independent"]
