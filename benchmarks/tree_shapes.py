@@ -30,9 +30,9 @@ p_independent 0.03):
 * widths: tier 1 is 2.5 x d_in (room for every top-level feature and as many again); each
   deeper tier gives every latent as many child slots as the source's nodes have children,
   and the last tier of a tree of three levels or more one more: the slot that a parent's
-  "no child fires" correction takes (plugins/saezoo_hsae/README.md, session 12). So [8, 4, 3] gets 160 / 640 / 2560 and
-  [12, 3, 2] 160 / 480 / 1440. ``hierarchy_answer.py`` sets its tree HSAEs by this rule too
-  (:func:`tree_model`).
+  "no child fires" correction takes (plugins/saezoo_hsae/README.md, session 12). So
+  [8, 4, 3] gets 160 / 640 / 2560 and [12, 3, 2] 160 / 480 / 1440. ``hierarchy_answer.py``
+  sets its tree HSAEs by this rule too (:func:`tree_model`).
 
 Each run is ``saezoo train hsae --preset tree`` in a subprocess; its metrics.json is read back.
 A run whose metrics.json exists under ``--out`` is not run again (delete it to rerun), and one

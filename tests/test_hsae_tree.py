@@ -278,20 +278,21 @@ def tree_shapes():
 
 @pytest.mark.parametrize("branching", [[8, 4, 3], [12, 3, 2], [10, 3, 3], [6, 4, 2], [4, 3, 2], [5, 2, 2, 2]])
 def test_the_shape_benchmarks_last_tier_budget_is_its_parents(branching):
-    """benchmarks/tree_shapes.py's rule: the last tier's budget (k x its share) equals the tier
-    above's, so the last tier, offered one candidate per latent the tier above keeps, keeps
-    every positive one (with less, a rotated basis was cheaper than the true tree: hsae
-    README, sessions 23-24); and k is the budgets' sum rounded up, no more."""
+    """benchmarks/tree_shapes.py's rule, in a tree of three levels or more: the last tier's
+    budget (k x its share) equals the tier above's, so the last tier, offered one candidate per
+    latent the tier above keeps, keeps every positive one (with less, a rotated basis was
+    cheaper than the true tree: hsae README, sessions 23-24); and k is the budgets' sum
+    rounded up, no more."""
     module = tree_shapes()
-    options = dict(o.split("=", 1) for o in module.settings(branching))
-    shares = [float(v) for v in options["sae.tier_shares"].strip("[]").split(",")]
+    model = module.tree_model(branching)
+    shares = model["tier_shares"]
     assert len(shares) == len(branching) and shares[-1] == shares[-2], shares
     src = module.SOURCE
     tree_rate = branching[0] * src["p_parent"]
     top = tree_rate + src["n_independent"] * src["p_independent"]
     deeper = sum(tree_rate * src["p_child"] ** d for d in range(1, len(branching)))
     total = top + deeper + tree_rate * src["p_child"] ** (len(branching) - 2) * (1 - src["p_child"])
-    assert int(options["sae.k"]) == math.ceil(total)
+    assert model["k"] == math.ceil(total)
 
 
 def test_the_shape_benchmarks_two_level_tree_has_no_correction_budget():
