@@ -65,6 +65,10 @@ CurriculumOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
+# The commands that compute, and so share the machine's cores with each other.
+COMPUTING = {"train", "compare", "eval", "browse", "registry"}
+
+
 @app.callback()
 def main_callback(
     ctx: typer.Context,
@@ -80,6 +84,10 @@ def main_callback(
     # trimmed fragments (65,536 latents: 7 GB resident and growing, against 1.3 GB without).
     if ctx.invoked_subcommand != "browse":
         keep_freed_memory()  # before the first large tensor; see saezoo/host_memory.py
+    if ctx.invoked_subcommand in COMPUTING:
+        from saezoo.cpu_share import sharing
+
+        ctx.with_resource(sharing())  # this process's share of the cores; see saezoo/cpu_share.py
 
 
 @dataclass

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from saezoo import checkpoint as ckpt
-from saezoo import distributed
+from saezoo import cpu_share, distributed
 from saezoo.activations.source import ActivationSource
 from saezoo.config import RunConfig
 from saezoo.curriculum import Curricula, check_compatible
@@ -511,6 +511,7 @@ def _train_loop(
     with bar:
         batches = source.batches(batch_size, start=start)
         for step in range(start, steps):
+            cpu_share.refresh()  # another run may have started or ended
             x = distributed.shard(next(batches))
             for i, t in enumerate(trainees):
                 if t.step == step and i not in failures:

@@ -1,0 +1,149 @@
+"""The machine's cores, shared by the saezoo processes that compute on it.
+
+torch gives every process one thread per core. Two runs at once on a 2-core machine then run
+four threads on two cores, and torch's OpenMP threads, which wait for each other at the end of
+every parallel region, spend their turns waiting for a thread that is not running: on the
+2-core benchmark machine two runs at once took 4.6x as long as one after the other, and 0.69x
+when they share the cores as below (benchmarks/shared_cores.py, benchmarks/README.md).
+
+So each command that computes (``train``, ``compare``, ``eval``, ``browse``, and ``registry``,
+whose ``reproduce`` trains) registers itself while it runs: a file per process under
+``<cache>/running`` (``$SAEZOO_CACHE``, else ``~/.cache/saezoo``), locked for the life of the
+process, so one that was killed counts for nothing. Every few seconds of training it takes an equal share of the cores, ``cores // n``
+threads for ``n`` processes (at least one), and all of them again once it is alone. A process
+whose threads the user chose (``OMP_NUM_THREADS``) keeps them, and says once on stderr when
+the threads of all the processes are more than the cores. Processes that use another cache
+directory, or another machine's, do not see each other; without ``fcntl`` (Windows) nothing
+is shared.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from saezoo.activations.cache import cache_root
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, no register
+    fcntl = None
+
+# How often a running process looks at the others: a few directory reads and lock tests.
+REFRESH_SECONDS = 5.0
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class Share:
+    """This process's entry in the register, and the threads it takes."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.prefix = f"{socket.gethostname()}-"
+        self.chosen = "OMP_NUM_THREADS" in os.environ  # the user's threads: never changed
+        self.warned = False
+        self.checked = 0.0
+        directory.mkdir(parents=True, exist_ok=True)
+        # Locked before it is visible under its final name: a file that another process can
+        # lock is one whose process has died, and is removed (see others()).
+        staging = directory / f".{self.prefix}{os.getpid()}"
+        self.file = open(staging, "w")  # held open, and locked, for the life of the process
+        fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.path = directory / f"{self.prefix}{os.getpid()}"
+        self.write(torch.get_num_threads())
+        os.replace(staging, self.path)
+
+    def write(self, threads: int) -> None:
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(threads))
+        self.file.flush()
+
+    def others(self) -> list[int]:
+        """The threads of each other live process in the register; dead ones' files removed."""
+        found = []
+        for path in self.directory.glob(f"{self.prefix}*"):
+            if path == self.path:
+                continue
+            try:
+                with open(path) as f:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    except BlockingIOError:  # its process holds it: alive
+                        found.append(int(f.read().strip() or 1))
+                        continue
+                    path.unlink(missing_ok=True)  # nobody holds it: its process is gone
+            except (OSError, ValueError):
+                continue  # gone between listing and opening, or half written
+        return found
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.checked < REFRESH_SECONDS:
+            return
+        self.checked = now
+        others = self.others()
+        if not self.chosen:
+            threads = max(1, cores() // (len(others) + 1))
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
+        mine = torch.get_num_threads()
+        self.write(mine)
+        if others and mine + sum(others) > cores() and not self.warned:
+            self.warned = True
+            print(
+                f"saezoo: warning: {len(others)} other saezoo process(es) compute on this machine with "
+                f"{sum(others)} thread(s), and this one with {mine} (OMP_NUM_THREADS), on {cores()} cores: "
+                "each runs slower than it would alone; give each OMP_NUM_THREADS so that they add up "
+                "to the cores",
+                file=sys.stderr,
+            )
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.file.close()
+
+
+_share: Share | None = None
+
+
+@contextmanager
+def sharing() -> Iterator[None]:
+    """Register this process for as long as the block runs, and take its share of the cores."""
+    global _share
+    if _share is not None or fcntl is None:  # nested (the outer entry holds), or no flock
+        yield
+        return
+    try:
+        _share = Share(cache_root() / "running")
+    except OSError:  # a read-only or full cache: computing matters more than sharing
+        yield
+        return
+    try:
+        _share.refresh(force=True)
+        yield
+    finally:
+        _share.close()
+        _share = None
+
+
+def refresh() -> None:
+    """Take this process's share again if the others have changed (every REFRESH_SECONDS at
+    most); nothing outside :func:`sharing`. Call it from the main thread: torch's thread count
+    is the calling thread's."""
+    if _share is not None:
+        _share.refresh()
