@@ -9,12 +9,13 @@ when they share the cores as below (benchmarks/shared_cores.py, benchmarks/READM
 So each command that computes (``train``, ``compare``, ``eval``, ``browse``, and ``registry``,
 whose ``reproduce`` trains) registers itself while it runs: a file per process under
 ``<cache>/running`` (``$SAEZOO_CACHE``, else ``~/.cache/saezoo``), locked for the life of the
-process, so one that was killed counts for nothing. Every few seconds of training it takes an equal share of the cores, ``cores // n``
-threads for ``n`` processes (at least one), and all of them again once it is alone. A process
-whose threads the user chose (``OMP_NUM_THREADS``) keeps them, and says once on stderr when
-the threads of all the processes are more than the cores. Processes that use another cache
-directory, or another machine's, do not see each other; without ``fcntl`` (Windows) nothing
-is shared.
+process, so one that was killed counts for nothing. Every few seconds of training it takes an
+equal share of the threads torch gives a process alone (one per core, or per physical core
+on some machines): ``threads // n`` for ``n`` processes (at least one), and all of them again
+once it is alone. A process whose threads the user chose (``OMP_NUM_THREADS``) keeps them,
+and says once on stderr when the threads of all the processes are more than the cores.
+Processes that use another cache directory, or another machine's, do not see each other;
+without ``fcntl`` (Windows) nothing is shared.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Share:
         self.directory = directory
         self.prefix = f"{socket.gethostname()}-"
         self.chosen = "OMP_NUM_THREADS" in os.environ  # the user's threads: never changed
+        self.alone = torch.get_num_threads()  # torch's own choice for a process by itself
         self.warned = False
         self.checked = 0.0
         directory.mkdir(parents=True, exist_ok=True)
@@ -98,7 +100,7 @@ class Share:
         self.checked = now
         others = self.others()
         if not self.chosen:
-            threads = max(1, cores() // (len(others) + 1))
+            threads = max(1, self.alone // (len(others) + 1))
             if threads != torch.get_num_threads():
                 torch.set_num_threads(threads)
         mine = torch.get_num_threads()
