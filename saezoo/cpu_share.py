@@ -13,7 +13,7 @@ process, so one that was killed counts for nothing. Every few seconds of trainin
 equal share of the threads torch gives a process alone (one per core, or per physical core
 on some machines): ``threads // n`` for ``n`` processes (at least one), and all of them again
 once it is alone. A process whose threads the user chose (``OMP_NUM_THREADS``) keeps them,
-and says once on stderr when the threads of all the processes are more than the cores.
+and says once on stderr, when it trains, that the threads of all are more than the cores.
 Processes that use another cache directory, or another machine's, do not see each other;
 without ``fcntl`` (Windows) nothing is shared.
 """
@@ -58,7 +58,7 @@ class Share:
         self.chosen = "OMP_NUM_THREADS" in os.environ  # the user's threads: never changed
         self.alone = torch.get_num_threads()  # torch's own choice for a process by itself
         self.warned = False
-        self.checked = 0.0
+        self.checked = -REFRESH_SECONDS  # the first refresh() looks
         directory.mkdir(parents=True, exist_ok=True)
         # Locked before it is visible under its final name: a file that another process can
         # lock is one whose process has died, and is removed (see others()).
@@ -93,19 +93,27 @@ class Share:
                 continue  # gone between listing and opening, or half written
         return found
 
-    def refresh(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.checked < REFRESH_SECONDS:
-            return
-        self.checked = now
+    def take(self) -> list[int]:
+        """Take this process's share of the threads now; returns the others' threads."""
         others = self.others()
         if not self.chosen:
             threads = max(1, self.alone // (len(others) + 1))
             if threads != torch.get_num_threads():
                 torch.set_num_threads(threads)
+        self.write(torch.get_num_threads())
+        return others
+
+    def refresh(self) -> None:
+        """:meth:`take`, at most every REFRESH_SECONDS; and, once, the warning above. Only
+        while computing (a command that stops at bad input says one line, not two), and only
+        for threads the user chose: a process that was not told adapts by itself."""
+        now = time.monotonic()
+        if now - self.checked < REFRESH_SECONDS:
+            return
+        self.checked = now
+        others = self.take()
         mine = torch.get_num_threads()
-        self.write(mine)
-        if others and mine + sum(others) > cores() and not self.warned:
+        if self.chosen and others and mine + sum(others) > cores() and not self.warned:
             self.warned = True
             print(
                 f"saezoo: warning: {len(others)} other saezoo process(es) compute on this machine with "
@@ -136,7 +144,7 @@ def sharing() -> Iterator[None]:
         yield
         return
     try:
-        _share.refresh(force=True)
+        _share.take()
         yield
     finally:
         _share.close()

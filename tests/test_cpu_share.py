@@ -21,7 +21,7 @@ from saezoo import cpu_share
 with cpu_share.sharing():
     print(torch.get_num_threads(), flush=True)
     for _ in sys.stdin:
-        cpu_share._share.refresh(force=True)
+        cpu_share._share.take()
         print(torch.get_num_threads(), flush=True)
 """
 
