@@ -62,12 +62,13 @@ SYNTHETIC_COLUMNS = [
 ]
 
 
-def widths(expansion: int, tree: list[float], shares: list[float] | None) -> list[str]:
-    sets = [f"{arch}.sae.expansion_factor={expansion}" for arch in FLAT_FAMILY]
-    sets.append(f"hsae:tree.sae.tier_expansion={json.dumps(tree)}")
-    if shares is not None:
-        sets.append(f"hsae:tree.sae.tier_shares={json.dumps(shares)}")
-    return sets
+def widths(expansion: int, tree: list[float], shares: list[float]) -> list[str]:
+    """The flat family's expansion factor and the tree HSAE's tier widths and shares."""
+    return [
+        *(f"{arch}.sae.expansion_factor={expansion}" for arch in FLAT_FAMILY),
+        f"hsae:tree.sae.tier_expansion={json.dumps(tree)}",
+        f"hsae:tree.sae.tier_shares={json.dumps(shares)}",
+    ]
 
 
 def synthetic(branching: list[int]) -> dict[str, list[str]]:

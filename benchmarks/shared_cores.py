@@ -25,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table  # noqa: E402
 
+from saezoo.cpu_share import cores as machine_cores  # noqa: E402
+
 
 def train(arch: str, steps: int, out: Path, cache: Path, threads: int | None, delay: float = 0.0) -> float:
     """Wall seconds of one ``saezoo train`` (started after ``delay`` seconds)."""
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="hsae:tree", help="ARCH or ARCH:PRESET (default hsae:tree)")
     p.add_argument("--steps", type=int, default=1500)
     a = p.parse_args(argv)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = machine_cores()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         alone = train(a.arch, a.steps, root / "alone", root / "cache", None)

@@ -14,12 +14,12 @@ equal share of the threads torch gives a process alone (one per core, or per phy
 on some machines): ``threads // n`` for ``n`` processes (at least one), and all of them again
 once it is alone. A process whose threads the user chose (``OMP_NUM_THREADS``) keeps them,
 and says once on stderr, when it trains, that the threads of all are more than the cores.
-Processes that use another cache directory, or another machine's, do not see each other;
-without ``fcntl`` (Windows) nothing is shared.
+Processes that use another cache directory, or another machine's, do not see each other.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import sys
@@ -31,11 +31,6 @@ from pathlib import Path
 import torch
 
 from saezoo.activations.cache import cache_root
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock, no register
-    fcntl = None
 
 # How often a running process looks at the others: a few directory reads and lock tests.
 REFRESH_SECONDS = 5.0
@@ -135,7 +130,7 @@ _share: Share | None = None
 def sharing() -> Iterator[None]:
     """Register this process for as long as the block runs, and take its share of the cores."""
     global _share
-    if _share is not None or fcntl is None:  # nested (the outer entry holds), or no flock
+    if _share is not None:  # nested: the outer entry holds
         yield
         return
     try:
