@@ -9,11 +9,12 @@ when they share the cores as below (benchmarks/shared_cores.py, benchmarks/READM
 So each command that computes (``train``, ``compare``, ``eval``, ``browse``, and ``registry``,
 whose ``reproduce`` trains) registers itself while it runs: a file per process under
 ``<cache>/running`` (``$SAEZOO_CACHE``, else ``~/.cache/saezoo``), locked for the life of the
-process, so one that was killed counts for nothing. Every few seconds of training it takes an
-equal share of the threads torch gives a process alone (one per core, or per physical core
-on some machines): ``threads // n`` for ``n`` processes (at least one), and all of them again
-once it is alone. A process whose threads the user chose (``OMP_NUM_THREADS``) keeps them,
-and says once on stderr, when it trains, that the threads of all are more than the cores.
+process, so one that was killed counts for nothing. Every few seconds while it harvests,
+trains or evaluates it takes an equal share of the threads torch gives a process alone (one
+per core, or per physical core on some machines): ``threads // n`` for ``n`` processes (at
+least one), and all of them again once it is alone. A process whose threads the user chose
+(``OMP_NUM_THREADS``) keeps them, and says once on stderr, once it computes, that the threads
+of all are more than the cores.
 Processes that use another cache directory, or another machine's, do not see each other.
 """
 
@@ -71,9 +72,10 @@ class Share:
         self.file.flush()
 
     def others(self) -> list[int]:
-        """The threads of each other live process in the register; dead ones' files removed."""
+        """The threads of each other live process in the register; dead ones' files removed,
+        staged ones too (a process killed between staging and renaming its file)."""
         found = []
-        for path in self.directory.glob(f"{self.prefix}*"):
+        for path in [*self.directory.glob(f"{self.prefix}*"), *self.directory.glob(f".{self.prefix}*")]:
             if path == self.path:
                 continue
             try:
@@ -81,7 +83,8 @@ class Share:
                     try:
                         fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
                     except BlockingIOError:  # its process holds it: alive
-                        found.append(int(f.read().strip() or 1))
+                        if not path.name.startswith("."):  # a staged one counts once renamed
+                            found.append(int(f.read().strip() or 1))
                         continue
                     path.unlink(missing_ok=True)  # nobody holds it: its process is gone
             except (OSError, ValueError):

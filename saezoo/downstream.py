@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from saezoo import cpu_share
 from saezoo.activations.cache import cache_root, key_hash
 from saezoo.checkpoint import write_json
 from saezoo.errors import UsageError
@@ -101,6 +102,7 @@ def spliced_metrics_many(
     own = [{k: 0.0 for k in ("ce_sae", "kl_sae", "cosine", "norm_ratio")} for _ in saes]
     positions, spliced_tokens = 0, 0
     for ids, m in zip(input_ids.split(batch_size), mask.split(batch_size)):
+        cpu_share.refresh()  # another run may have started or ended
         ids, m = ids.to(device), m.to(device)
         state: dict[str, Any] = {}
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from saezoo import cpu_share
 from saezoo.activations.source import GroundTruth
 from saezoo.hierarchy import CodeRecord, hierarchy_metrics
 from saezoo.sae import SAE, group_slices
@@ -204,6 +205,7 @@ def _evaluate(
     )
     extra = PluginMetrics()
     for x in batches:
+        cpu_share.refresh()  # another run may have started or ended
         x = x.to(device)
         codes = sae.encode(x)
         x_hat = sae.decode(codes)

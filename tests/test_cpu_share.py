@@ -61,6 +61,8 @@ def test_two_processes_take_half_the_cores_each_and_a_killed_one_counts_for_noth
         assert threads_of(third) == half
         third.send_signal(signal.SIGKILL)  # no clean-up: its file stays, unlocked
         third.wait(timeout=60)
+        # A process killed between staging its file and renaming it leaves a hidden one, unlocked.
+        (tmp_path / "running" / f".{os.uname().nodename}-{third.pid}").write_text("1")
         assert threads_of(first, ask=True) == everything
         assert [p.name for p in (tmp_path / "running").iterdir()] == [f"{os.uname().nodename}-{first.pid}"]
     finally:
@@ -80,6 +82,9 @@ def test_threads_the_user_chose_are_kept_and_oversubscription_is_said_once(tmp_p
         assert len(warnings) == 1, proc.stderr
         assert f"with {cores()} thread(s), and this one with {cores()} (OMP_NUM_THREADS)" in warnings[0]
         assert threads_of(other, ask=True) == cores()  # chosen: never changed
+        # Evaluating computes too (so do harvesting and the language-model metrics).
+        proc = run_cli("eval", str(tmp_path / "run"), env=env)
+        assert proc.returncode == 0 and proc.stderr.count("other saezoo process") == 1, proc.stderr
     finally:
         other.stdin.close()
         other.wait(timeout=60)

@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.text import Text
 from torch import Tensor, nn
 
+from saezoo import cpu_share
 from saezoo.activations.model import hooked_activations
 
 MEDIAN_SAMPLE_TOKENS = 4096
@@ -67,6 +68,7 @@ class Harvester:
         with _progress() as progress:
             task = progress.add_task(label, total=n_tokens)
             for ids, mask in batches:
+                cpu_share.refresh()  # another run may have started or ended
                 self.stats.positions += ids.numel()
                 acts = hooked_activations(self.model, self.hook, ids)[mask]
                 if self.threshold is None and self.max_norm_multiple:
