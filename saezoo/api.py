@@ -344,6 +344,12 @@ class Comparison:
         """Variant label -> its metrics (the mean over seeds with ``seeds``)."""
         return {label: v["metrics"] for label, v in self.report["variants"].items()}
 
+    @property
+    def failed(self) -> dict[str, str]:
+        """Each run that diverged or ended not finite ("label" or "label seed N") -> why; its
+        numbers in the report are of its last finite weights."""
+        return self.report.get("failed", {})
+
 
 def compare(
     *specs: str,

@@ -25,7 +25,7 @@ try:  # typer >= 0.20 vendors click; older releases use the click package
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
-from saezoo.errors import SaezooError, UsageError
+from saezoo.errors import SaezooError, TrainingDiverged, UsageError
 
 app = typer.Typer(
     help="A zoo of sparse autoencoders: train, evaluate and compare them side by side.",
@@ -327,6 +327,10 @@ def compare(
     if missed:
         typer.echo(f"saezoo: note: {missed}", err=True)
     typer.echo(f"report: {comparison.out / 'report.md'}")
+    if comparison.failed:  # the report is written and marks them; never an exit 0
+        raise TrainingDiverged(
+            f"not finite: {', '.join(comparison.failed)}; {comparison.out / 'report.md'} marks and explains them"
+        )
 
 
 @app.command()

@@ -43,6 +43,7 @@ TABLE_METRICS = [
     "absorption_first_letter/fraction",
     "absorption_first_letter/letters",
     "nonfinite_steps",
+    "diverged",
 ]
 # Families of per-tier, per-group or per-depth columns shown after TABLE_METRICS, sorted by name;
 # the rest (tree precision and recall, root fractions, ...) are in report.json.
@@ -290,7 +291,7 @@ def run_compare(
     once at train.seed), evaluate all on the same tokens. ``target_l0``: the L0 the variants
     were steered to (resolve_variants), recorded so the report can say who missed it."""
     from saezoo.activations.factory import build_source
-    from saezoo.trainer import resolve_device, train_many
+    from saezoo.trainer import nonfinite_result, resolve_device, train_many
 
     trained = [v for v in variants if v.run is not None]
     base = trained[0].run if trained else None
@@ -320,9 +321,12 @@ def run_compare(
     with checkpoint.run_lock(out):
         checkpoint.refuse_occupied(out)
         # The variants' spliced CE/KL come from one shared set of runs below, not from each run's final evaluation.
-        train_many(
+        outcomes = train_many(
             [run for _, _, run, _ in trainees], [d for *_, d in trainees], source, progress=progress, downstream=False
         )
+    # A run that diverged stopped alone and kept its last finite weights: evaluated with the
+    # others below, and marked.
+    failed = {(v.label, seed): m["divergence"] for (v, seed, _, _), m in zip(trainees, outcomes) if m.get("diverged")}
 
     eval_x = source.eval_activations(base.train.eval_tokens)
     # Every SAE to evaluate, keyed by (label, seed): the trainees, then the registry entries.
@@ -347,6 +351,12 @@ def run_compare(
     absorption = absorption_metrics([saes[k] for k in keys], source, base.train.absorption_words, device)
     for key, metrics in zip(keys, absorption):
         results[key].update(metrics)
+    for key, sae in saes.items():
+        if key not in failed and (problem := nonfinite_result(sae, results[key])):
+            failed[key] = problem
+    if failed:  # a row in the table: 1 for a run that diverged (over seeds, the share that did)
+        for key in results:
+            results[key]["diverged"] = float(key in failed)
     report = {
         "saezoo_version": saezoo.__version__,
         "torch_version": torch.__version__,
@@ -356,6 +366,7 @@ def run_compare(
         "seeds": seeds,
         "target_l0": target_l0,
         "variants": {v.label: _variant_report(v, out, seeds, results) for v in variants},
+        "failed": {label + (f" seed {seed}" if seed is not None else ""): why for (label, seed), why in failed.items()},
     }
     write_report(report, out, densities)
     return report
@@ -534,6 +545,9 @@ def markdown(report: dict[str, Any]) -> str:
         ]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if report.get("failed"):
+        lines += ["", "**Not finite**, so not comparable (each one's numbers are of its last finite weights):", ""]
+        lines += [f"- {name}: {why}" for name, why in report["failed"].items()]
     lines += [
         "",
         "Metric definitions: docs/metrics.md. `ccr/*` is the composition coverage ratio of a tier,",

@@ -474,6 +474,8 @@ def train_many(
                         # The weights are the last finite ones: skipped steps never update them.
                         metrics.update({"diverged": 1.0})
                         metrics["divergence"] = failures[i]  # type: ignore[assignment]
+                        if main:  # its metrics.json says so too, not only the caller
+                            ckpt.write_json(t.out_dir / ckpt.METRICS_FILE, ckpt.json_safe(metrics))
                     results.append(metrics)
                 return results
             except KeyboardInterrupt:

@@ -256,6 +256,28 @@ def test_compare_names_a_variant_whose_l0_misses_the_target(tmp_path):
     assert "steered to L0 8 (--target-l0)" in md and re.search(missed, md)
 
 
+def test_a_variant_that_diverges_is_marked_and_the_compare_never_exits_0(tmp_path):
+    # flat's L1 at 1e38 makes every step non-finite: it stops alone, topk trains on. The
+    # report and table used to show flat's initial weights as a result, and exit 0.
+    out = tmp_path / "cmp"
+    args = ["compare", "flat", "topk", "--source", "synthetic", "--steps", "40", "--out", str(out), "-q"]
+    args += ["--set", "flat.sae.l1_coefficient=1e38", "--set", "train.max_nonfinite_steps=5"]
+    for s in FAST_SETS:
+        args += ["--set", s]
+    proc = run_cli(*args)
+    assert proc.returncode == 3, proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "not finite: flat;" in line and "Traceback" not in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["failed"]) == ["flat"] and "training diverged" in report["failed"]["flat"]
+    assert report["variants"]["flat"]["metrics"]["diverged"] == 1.0
+    assert report["variants"]["topk"]["metrics"]["diverged"] == 0.0
+    md = (out / "report.md").read_text()
+    assert "**Not finite**" in md and "| diverged | 1 | 0 |" in md
+    # The run's own metrics.json says so too.
+    assert "training diverged" in json.loads((out / "flat" / "metrics.json").read_text())["divergence"]
+
+
 def test_registry_round_trip_and_validation(tmp_path, monkeypatch):
     monkeypatch.setenv("SAEZOO_REGISTRY", str(tmp_path / "registry"))
     run = tmp_path / "run"
