@@ -361,15 +361,34 @@ def compare(
     tokens: int | None = None,
     sets: Sequence[str] = (),
     out: str | Path | None = None,
+    resume: str | Path | None = None,
     progress: bool = False,
     **settings: Any,
 ) -> Comparison:
     """Train several SAEs on one activation stream and evaluate them, and any registry entries
     among ``specs``, on the same held-out tokens (``saezoo compare``). A spec is
-    ``ARCH[:PRESET][@CURRICULUM]`` or a registry entry name; ``seeds`` a count or a list."""
-    from saezoo.comparison import parse_seeds, resolve_variants, run_compare
+    ``ARCH[:PRESET][@CURRICULUM]`` or a registry entry name; ``seeds`` a count or a list.
+    ``resume=OUT`` goes on with the comparison kept in OUT from its runs' checkpoints, and
+    writes its report."""
+    from saezoo.comparison import parse_seeds, resolve_variants, resumed, run_compare
 
     settings = {"source": source, **settings}
+    if resume is not None:
+        given = {**settings, "target_l0": target_l0, "seeds": seeds, "config": config, "tokens": tokens, "out": out}
+        given.update(curriculum=None if curriculum == "constant" else curriculum, set=list(sets) or None)
+        flags = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+        if specs or flags:
+            what = ", ".join(([" ".join(specs)] if specs else []) + flags)
+            raise UsageError(
+                f"--resume {resume} goes on with the comparison as it was started; {what} cannot change it"
+            )
+        out_dir = Path(resume)
+        if not out_dir.is_dir():
+            raise UsageError(f"--resume {out_dir}: no such directory")
+        variants, seed_list, target_l0 = resumed(out_dir)
+        return Comparison(out_dir, run_compare(variants, out_dir, progress, seed_list, target_l0, resume=True))
+    if not specs:
+        raise UsageError("compare needs variants to compare, e.g. saezoo compare hsae flat (or --resume OUT)")
     if settings.get("steps") is not None and tokens is not None:
         raise UsageError("give --steps or --tokens (Python: steps= or tokens=), not both")
     variants = resolve_variants(

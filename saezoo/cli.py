@@ -272,11 +272,11 @@ def eval_(
 def compare(
     stream: StreamOptions,
     specs: Annotated[
-        list[str],
+        Optional[list[str]],
         typer.Argument(
             help="Variants: ARCH[:PRESET][@CURRICULUM] (hsae, hsae:paper, hsae@tier-unlock) or a registry entry name."
         ),
-    ],
+    ] = None,
     set_: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -306,6 +306,13 @@ def compare(
         ),
     ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Report directory (default: runs/compare-TIME).")] = None,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--resume",
+            help="Go on with a stopped comparison (its --out directory) from its runs' checkpoints, and report.",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train several SAEs on one activation stream and report them side by side."""
@@ -313,12 +320,13 @@ def compare(
     from saezoo.comparison import off_target, print_table
 
     comparison = api.compare(
-        *specs,
+        *(specs or []),
         curriculum=curriculum,
         target_l0=target_l0,
         seeds=seeds,
         sets=set_ or [],
         out=out,
+        resume=resume,
         progress=not quiet,
         **stream.settings(),
     )

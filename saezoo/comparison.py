@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import ExitStack
 import platform
 import statistics
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ TABLE_METRICS = [
 # Families of per-tier, per-group or per-depth columns shown after TABLE_METRICS, sorted by name;
 # the rest (tree precision and recall, root fractions, ...) are in report.json.
 TABLE_PREFIXES = ("l0/", "ccr/", "ccr_chance/", "tree_f1/", "consistency/", "absorption/")
+# The comparison's variants, seeds and target, kept in --out for compare --resume.
+COMPARE_FILE = "compare.json"
 # train.* settings every variant must share: they define the stream of batches.
 SHARED_TRAIN = (
     "steps",
@@ -286,10 +289,13 @@ def run_compare(
     progress: bool = True,
     seeds: list[int] | None = None,
     target_l0: float | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train the trainable variants on one stream (each once per seed of ``seeds``, None:
     once at train.seed), evaluate all on the same tokens. ``target_l0``: the L0 the variants
-    were steered to (resolve_variants), recorded so the report can say who missed it."""
+    were steered to (resolve_variants), recorded so the report can say who missed it. The
+    comparison is kept in ``out``/compare.json; ``resume`` goes on from there (:func:`resumed`)
+    with the runs' checkpoints."""
     from saezoo.activations.factory import build_source
     from saezoo.trainer import nonfinite_result, resolve_device, train_many
 
@@ -317,12 +323,25 @@ def run_compare(
     what = f"training {len(trained)} variant(s) x {len(seeds or [None])} seed(s) side by side"
     check_memory([run for _, _, run, _ in trainees], source.d_in, device, what)
     out.mkdir(parents=True, exist_ok=True)
-    # Checked and trained under the lock: of two compares into one --out, the second refuses.
-    with checkpoint.run_lock(out):
-        checkpoint.refuse_occupied(out)
+    # Checked and trained under the locks of --out and of every run: a second compare into
+    # --out refuses, and so does a train --resume of one of its runs meanwhile.
+    with ExitStack() as held:
+        held.enter_context(checkpoint.run_lock(out))
+        if not resume:
+            checkpoint.refuse_occupied(out)
+            checkpoint.write_json(out / COMPARE_FILE, _request(variants, seeds, target_l0))
+        for *_, d in trainees:
+            d.mkdir(parents=True, exist_ok=True)
+            held.enter_context(checkpoint.run_lock(d))
         # The variants' spliced CE/KL come from one shared set of runs below, not from each run's final evaluation.
         outcomes = train_many(
-            [run for _, _, run, _ in trainees], [d for *_, d in trainees], source, progress=progress, downstream=False
+            [run for _, _, run, _ in trainees],
+            [d for *_, d in trainees],
+            source,
+            resume=resume,
+            progress=progress,
+            downstream=False,
+            resume_with=f"saezoo compare --resume {out}",
         )
     # A run that diverged stopped alone and kept its last finite weights: evaluated with the
     # others below, and marked.
@@ -370,6 +389,41 @@ def run_compare(
     }
     write_report(report, out, densities)
     return report
+
+
+def _request(variants: list[Variant], seeds: list[int] | None, target_l0: float | None) -> dict[str, Any]:
+    """What compare.json keeps: each variant's whole settings (or registry entry), so that a
+    resumed comparison is this one, whatever config files or defaults say by then."""
+    return {
+        "variants": [
+            {"label": v.label, "run": v.run.to_dict()} if v.run else {"label": v.label, "entry": v.entry.name}
+            for v in variants
+        ],
+        "seeds": seeds,
+        "target_l0": target_l0,
+    }
+
+
+def resumed(out: Path) -> tuple[list[Variant], list[int] | None, float | None]:
+    """The variants, seeds and target L0 of the comparison kept in ``out`` (compare.json)."""
+    from saezoo.config.resolve import run_from_dict
+
+    if not (out / COMPARE_FILE).is_file():
+        raise UsageError(
+            f"--resume {out}: no {COMPARE_FILE} there, so not a comparison that can be resumed "
+            "(one saezoo started before compare kept it is not)"
+        )
+    request = checkpoint.read_json(out / COMPARE_FILE, f"comparison ({COMPARE_FILE})")
+    try:
+        variants = [
+            Variant(v["label"], run=run_from_dict(v["run"]))
+            if "run" in v
+            else Variant(v["label"], entry=catalog.get_entry(v["entry"]))
+            for v in request["variants"]
+        ]
+        return variants, request["seeds"], request["target_l0"]
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"{out / COMPARE_FILE}: not a comparison saezoo wrote (missing {exc})") from None
 
 
 def _run_dir(out: Path, label: str, seed: int | None) -> Path:

@@ -393,10 +393,13 @@ class StopSignals:
         return bool(distributed.any_rank(torch.tensor([len(self.received)], device=device)).item())
 
 
-def stopped_message(signal_name: str, trainees: Sequence[Trainee], during: str = "") -> str:
-    """What a stopped run left on disk, and how to go on from there."""
+def stopped_message(
+    signal_name: str, trainees: Sequence[Trainee], during: str = "", resume_with: str | None = None
+) -> str:
+    """What a stopped run left on disk, and how to go on from there (``resume_with``: the
+    command that resumes these runs, when a caller such as compare has its own)."""
     dirs = [str(t.out_dir) for t in trainees]
-    how = (
+    how = resume_with or (
         f"saezoo train --resume {dirs[0]}"
         if len(dirs) == 1
         else f"saezoo train --resume DIR, for each of {' '.join(dirs)}"
@@ -417,13 +420,15 @@ def train_many(
     resume: bool = False,
     progress: bool = True,
     downstream: bool = True,
+    resume_with: str | None = None,
 ) -> list[dict[str, float]]:
     """Train one SAE per run on the same stream of batches; return their final metrics.
 
     With several runs, one that diverges stops alone (its metrics say so); with one run,
     divergence raises. Under torchrun, non-main ranks return empty metrics.
     ``downstream=False`` leaves the spliced CE/KL and the first-letter absorption out of the
-    final metrics (``compare`` computes them for every variant at once).
+    final metrics (``compare`` computes them for every variant at once). ``resume_with``: the
+    command a stop signal's message names to go on (default: ``train --resume`` per run).
     """
     train_cfg = runs[0].train
     device = distributed.local_device(resolve_device(train_cfg.device))
@@ -454,12 +459,12 @@ def train_many(
                         t.start(sample)
                 during = ""
                 with stop.deferred():
-                    failures = _train_loop(trainees, source, eval_x, stop, device, progress and main)
+                    failures = _train_loop(trainees, source, eval_x, stop, device, progress and main, resume_with)
                     for i, t in enumerate(trainees):
                         if i not in failures:
                             t.save_checkpoint()
                 if stop.any_received(device):
-                    raise Interrupted(stopped_message(stop.name, trainees))
+                    raise Interrupted(stopped_message(stop.name, trainees, resume_with=resume_with))
                 during = "the final evaluation"
                 results = []
                 for i, t in enumerate(trainees):
@@ -479,7 +484,7 @@ def train_many(
                     results.append(metrics)
                 return results
             except KeyboardInterrupt:
-                raise Interrupted(stopped_message(stop.name, trainees, during)) from None
+                raise Interrupted(stopped_message(stop.name, trainees, during, resume_with)) from None
     finally:
         for t in trainees:
             t.close()
@@ -492,6 +497,7 @@ def _train_loop(
     stop: StopSignals,
     device: torch.device,
     progress: bool,
+    resume_with: str | None = None,
 ) -> dict[int, str]:
     """Train every trainee to the last step; return the divergence messages of those that
     stopped alone. A stop signal saves every checkpoint and raises :class:`Interrupted`."""
@@ -532,7 +538,7 @@ def _train_loop(
             if stop.any_received(device):
                 for t in trainees:
                     t.save_checkpoint()
-                raise Interrupted(stopped_message(stop.name, trainees))
+                raise Interrupted(stopped_message(stop.name, trainees, resume_with=resume_with))
             if (step + 1) % train_cfg.log_every == 0 or step + 1 == steps:
                 elapsed = max(time.perf_counter() - t0, 1e-9)
                 bar.update(task, completed=step + 1, tps=tokens_done / elapsed, info=_loss_text(trainees))

@@ -278,6 +278,45 @@ def test_a_variant_that_diverges_is_marked_and_the_compare_never_exits_0(tmp_pat
     assert "training diverged" in json.loads((out / "flat" / "metrics.json").read_text())["divergence"]
 
 
+def test_a_stopped_compare_resumes_to_the_report_of_one_never_stopped(tmp_path):
+    """SIGINT saves every run and names compare --resume; while a compare trains, its runs are
+    locked (train --resume of one refuses); the resumed compare's numbers are the same."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def args(out):
+        a = ["compare", "flat", "topk", "--source", "synthetic", "--steps", "80", "--out", str(out), "-q"]
+        for s in [*FAST_SETS, "train.checkpoint_every=10"]:
+            a += ["--set", s]
+        return a
+
+    reference = tmp_path / "reference"
+    assert run_cli(*args(reference)).returncode == 0
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "saezoo.cli", *args(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "topk" / "state" / "current").is_symlink() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the compare ended early"
+    busy = run_cli("train", "--resume", str(out / "flat"), "-q")
+    assert busy.returncode == 2 and f"{out / 'flat'} is in use by another saezoo process" in busy.stderr
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert f"resume with: saezoo compare --resume {out}" in err and not (out / "report.json").exists()
+    # Nothing but the directory: the comparison is what compare.json kept.
+    refused = run_cli("compare", "flat", "--resume", str(out))
+    assert_one_line_error(refused, "goes on with the comparison as it was started; flat cannot change it")
+    resumed = run_cli("compare", "--resume", str(out), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    got, want = (json.loads((d / "report.json").read_text())["variants"] for d in (out, reference))
+    for label in ("flat", "topk"):
+        assert got[label]["metrics"] == pytest.approx(want[label]["metrics"], rel=1e-4, abs=1e-6), label
+    assert_one_line_error(run_cli("compare", "--resume", str(tmp_path)), "no compare.json there")
+
+
 def test_registry_round_trip_and_validation(tmp_path, monkeypatch):
     monkeypatch.setenv("SAEZOO_REGISTRY", str(tmp_path / "registry"))
     run = tmp_path / "run"

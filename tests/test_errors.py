@@ -375,6 +375,12 @@ def case(env, row: str):
     if row == "curriculum-not-followed":
         args = ["train", "hsae", "--curriculum", "sparsity-warmup", *SYN, "--set", "curriculum.target-l0.target=40"]
         return args, {}, ["does not follow curriculum 'target-l0'"]
+    if row == "compare-resume-not-compare":
+        return ["compare", "--resume", str(r)], {}, [f"--resume {r}: no compare.json there"]
+    if row == "compare-resume-changes":
+        return ["compare", "flat", "--resume", str(r)], {}, ["goes on with the comparison as it was started; flat cannot"]
+    if row == "compare-no-variants":
+        return ["compare"], {}, ["compare needs variants to compare"]
     if row == "seeds-zero":
         return ["compare", "hsae", "flat", *SYN, "--seeds", "0", "--out", str(r / "s0")], {}, ["--seeds 0: give at least one seed"]
     if row == "seeds-duplicate":
