@@ -47,6 +47,9 @@ def training_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path:
 def ev_vs_l0(points: dict[str, list[tuple[float, float]]], path: Path) -> None:
     """``points[variant] = [(l0, explained_variance), ...]``, one pair per seed: each seed a
     small point, their mean a large one with bars of one standard deviation both ways."""
+    # A run that ended not finite has no place on the axes (the report says why it is missing).
+    points = {v: [p for p in pairs if all(map(math.isfinite, p))] for v, pairs in points.items()}
+    points = {v: pairs for v, pairs in points.items() if pairs}
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for i, (variant, pairs) in enumerate(points.items()):
         l0s, evs = zip(*pairs)

@@ -276,6 +276,12 @@ def test_a_variant_that_diverges_is_marked_and_the_compare_never_exits_0(tmp_pat
     assert "**Not finite**" in md and "| diverged | 1 | 0 |" in md
     # The run's own metrics.json says so too.
     assert "training diverged" in json.loads((out / "flat" / "metrics.json").read_text())["divergence"]
+    # Every run not finite, weights and metrics NaN: still a report (the plot leaves them out).
+    out = tmp_path / "all"
+    args = ["compare", "flat", "topk", "--source", "synthetic", "--steps", "5", "--out", str(out), "-q"]
+    proc = run_cli(*args, "--set", "train.lr=1e30", "--set", "train.grad_clip=none", *sum((["--set", s] for s in FAST_SETS), []))
+    assert proc.returncode == 3 and "not finite: flat, topk;" in proc.stderr, proc.stderr
+    assert (out / "report.md").exists() and (out / "ev_vs_l0.png").exists()
 
 
 def test_a_stopped_compare_resumes_to_the_report_of_one_never_stopped(tmp_path):
