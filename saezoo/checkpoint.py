@@ -55,6 +55,8 @@ METRICS_FILE = "metrics.json"
 STATE_DIR = "state"
 CURRENT = "current"
 LOCK_FILE = ".lock"
+# A comparison's variants, seeds and target, in its --out (saezoo/comparison.py, compare --resume).
+COMPARE_FILE = "compare.json"
 
 
 # --- atomic files ---------------------------------------------------------------------------
@@ -344,11 +346,15 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def refuse_occupied(out: Path) -> None:
-    """Refuse an ``--out`` that already holds a run: a cfg.json in it or in any directory below
-    it. One rule for ``train`` and ``compare``, so that neither writes its files beside or over
-    an earlier run's, whichever command wrote that (a comparison's runs lie in subdirectories).
-    Called under the directory's :func:`run_lock`: of two commands into one ``--out``, the
-    second refuses."""
+    """Refuse an ``--out`` that already holds a run (a cfg.json in it or in any directory below
+    it) or any other file: a run's files (state/step-*, which checkpointing prunes, the plots,
+    sae.safetensors) would replace or delete what is there. One rule for ``train`` and
+    ``compare``, so that neither writes its files beside or over an earlier run's, whichever
+    command wrote that (a comparison's runs lie in subdirectories). Only what a start that
+    stopped before its first file leaves (locks, compare.json, empty directories) is no
+    obstacle. Called under the directory's :func:`run_lock`: of two commands into one
+    ``--out``, the second refuses."""
+    stray = None
     for here, subdirs, files in os.walk(out):
         if CFG_FILE in files:
             found = Path(here)
@@ -358,6 +364,13 @@ def refuse_occupied(out: Path) -> None:
                 )
             raise UsageError(f"--out {out} already holds a run in {found.relative_to(out)}; choose another --out")
         subdirs.sort()  # the same run named on every try
+        others = sorted(set(files) - {LOCK_FILE, COMPARE_FILE})
+        stray = stray or (Path(here, others[0]).relative_to(out) if others else None)
+    if stray is not None:
+        raise UsageError(
+            f"--out {out} is not empty ({stray} is there) and a run would replace or delete such files; "
+            "choose a new or empty directory"
+        )
 
 
 # --- SAEs -------------------------------------------------------------------------------------

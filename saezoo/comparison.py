@@ -49,8 +49,6 @@ TABLE_METRICS = [
 # Families of per-tier, per-group or per-depth columns shown after TABLE_METRICS, sorted by name;
 # the rest (tree precision and recall, root fractions, ...) are in report.json.
 TABLE_PREFIXES = ("l0/", "ccr/", "ccr_chance/", "tree_f1/", "consistency/", "absorption/")
-# The comparison's variants, seeds and target, kept in --out for compare --resume.
-COMPARE_FILE = "compare.json"
 # train.* settings every variant must share: they define the stream of batches.
 SHARED_TRAIN = (
     "steps",
@@ -329,7 +327,7 @@ def run_compare(
         held.enter_context(checkpoint.run_lock(out))
         if not resume:
             checkpoint.refuse_occupied(out)
-            checkpoint.write_json(out / COMPARE_FILE, _request(variants, seeds, target_l0))
+            checkpoint.write_json(out / checkpoint.COMPARE_FILE, _request(variants, seeds, target_l0))
         for *_, d in trainees:
             d.mkdir(parents=True, exist_ok=True)
             held.enter_context(checkpoint.run_lock(d))
@@ -408,12 +406,12 @@ def resumed(out: Path) -> tuple[list[Variant], list[int] | None, float | None]:
     """The variants, seeds and target L0 of the comparison kept in ``out`` (compare.json)."""
     from saezoo.config.resolve import run_from_dict
 
-    if not (out / COMPARE_FILE).is_file():
+    if not (out / checkpoint.COMPARE_FILE).is_file():
         raise UsageError(
-            f"--resume {out}: no {COMPARE_FILE} there, so not a comparison that can be resumed "
+            f"--resume {out}: no {checkpoint.COMPARE_FILE} there, so not a comparison that can be resumed "
             "(one saezoo started before compare kept it is not)"
         )
-    request = checkpoint.read_json(out / COMPARE_FILE, f"comparison ({COMPARE_FILE})")
+    request = checkpoint.read_json(out / checkpoint.COMPARE_FILE, f"comparison ({checkpoint.COMPARE_FILE})")
     try:
         variants = [
             Variant(v["label"], run=run_from_dict(v["run"]))
@@ -423,7 +421,7 @@ def resumed(out: Path) -> tuple[list[Variant], list[int] | None, float | None]:
         ]
         return variants, request["seeds"], request["target_l0"]
     except (KeyError, TypeError) as exc:
-        raise UsageError(f"{out / COMPARE_FILE}: not a comparison saezoo wrote (missing {exc})") from None
+        raise UsageError(f"{out / checkpoint.COMPARE_FILE}: not a comparison saezoo wrote (missing {exc})") from None
 
 
 def _run_dir(out: Path, label: str, seed: int | None) -> Path:

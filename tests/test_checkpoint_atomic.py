@@ -206,12 +206,17 @@ def test_sigterm_stops_any_command_with_exit_130(reference):
 
 
 def test_an_out_holding_a_run_anywhere_is_refused(tmp_path):
-    """train and compare share one rule: no cfg.json in --out or in any directory below it."""
+    """train and compare share one rule: no cfg.json in --out or in any directory below it,
+    and no other file."""
     out = tmp_path / "out"
     (out / "notes").mkdir(parents=True)
     (out / ckpt.LOCK_FILE).write_text("")
-    (out / "notes" / "plan.txt").write_text("other files are no run")
-    ckpt.refuse_occupied(out)  # nothing refused
+    ckpt.refuse_occupied(out)  # nothing refused: empty directories and a lock
+    (out / "notes" / "plan.txt").write_text("files of one's own")
+    with pytest.raises(ckpt.UsageError) as stray:
+        ckpt.refuse_occupied(out)  # a run's checkpoints, plots and weights would replace or delete them
+    assert str(stray.value).startswith(f"--out {out} is not empty (notes/plan.txt is there)")
+    (out / "notes" / "plan.txt").unlink()
     (out / "cmp" / "flat" / "seed-1").mkdir(parents=True)
     (out / "cmp" / "flat" / "seed-1" / ckpt.CFG_FILE).write_text("{}")
     with pytest.raises(ckpt.UsageError) as below:

@@ -204,6 +204,10 @@ def case(env, row: str):
         return ["train", "flat", *SYN, "--out", "/etc/hostname/run"], {}, ["/etc/hostname/run", "cannot create"]
     if row == "out-has-run":
         return ["train", "flat", *SYN, "--out", str(env["run"])], {}, ["already holds a run", "--resume"]
+    if row == "out-not-empty":
+        (r / "thesis").mkdir(exist_ok=True)
+        (r / "thesis" / "draft.tex").write_text("mine")
+        return ["train", "flat", *SYN, "--out", str(r / "thesis")], {}, ["thesis is not empty (draft.tex is there)"]
     if row == "out-has-run-below":
         copy_run(env, "cmp-done/flat")  # what a finished comparison leaves (its report aside)
         return ["compare", "flat", "topk", *SYN, "--out", str(r / "cmp-done")], {}, ["already holds a run in flat;"]
