@@ -226,6 +226,10 @@ def prepare_out(out: Path | None, name: str) -> Path:
     if out is None:
         out = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are no text: TensorBoard and the JSON files cannot name them
+        raise UsageError(f"--out {ascii(str(out))}: the path is not valid UTF-8; choose another") from None
+    try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot create the directory ({exc.strerror})") from None
@@ -294,8 +298,8 @@ def evaluate(
         loaded = open_sae(sae.path if isinstance(sae, Run) else sae, data=data)
     header = loaded.header
     run = run_from_dict(header)
-    if tokens is not None and tokens < 1:
-        raise UsageError(f"--tokens must be >= 1, got {tokens}")
+    if tokens is not None and tokens < 2:  # explained variance needs a variance
+        raise UsageError(f"--tokens must be >= 2 (explained variance needs a variance), got {tokens}")
     n_eval = tokens or run.train.eval_tokens
     check_fits(n_eval * loaded.sae.d_in * 4, f"evaluating on {n_eval:,} tokens ({loaded.sae.d_in} float32 values each)")
     if downstream_tokens is not None and downstream_tokens < 0:

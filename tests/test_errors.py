@@ -208,6 +208,12 @@ def case(env, row: str):
         (r / "thesis").mkdir(exist_ok=True)
         (r / "thesis" / "draft.tex").write_text("mine")
         return ["train", "flat", *SYN, "--out", str(r / "thesis")], {}, ["thesis is not empty (draft.tex is there)"]
+    if row == "out-not-utf8":
+        return ["train", "flat", *SYN, "--out", str(r / "bad\udcff")], {}, ["the path is not valid UTF-8"]
+    if row == "synthetic-probability":
+        return ["train", "flat", *SYN, "--set", "data.synthetic.p_child=2", "--out", str(r / "synp")], {}, ["p_child is a probability, in [0, 1]; got 2.0"]
+    if row == "eval-one-token":
+        return ["eval", str(env["run"]), "--tokens", "1"], {}, ["--tokens must be >= 2"]
     if row == "out-has-run-below":
         copy_run(env, "cmp-done/flat")  # what a finished comparison leaves (its report aside)
         return ["compare", "flat", "topk", *SYN, "--out", str(r / "cmp-done")], {}, ["already holds a run in flat;"]

@@ -21,6 +21,8 @@ stream is reproducible and can be resumed at any batch.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +87,13 @@ class SyntheticSource:
         self.levels = tree_levels(cfg)
         if cfg.d_in <= 0 or cfg.n_independent < 0:
             raise ValueError("synthetic source sizes must be non-negative and d_in positive")
+        for name in ("p_parent", "p_child", "p_independent"):
+            if not 0.0 <= getattr(cfg, name) <= 1.0:
+                raise ValueError(f"{name} is a probability, in [0, 1]; got {getattr(cfg, name)}")
+        if not cfg.noise >= 0.0 or not cfg.scale > 0.0 or not math.isfinite(cfg.noise * cfg.scale):
+            raise ValueError(
+                f"noise must be >= 0 and scale > 0, both finite; got noise {cfg.noise}, scale {cfg.scale}"
+            )
         self.cfg = cfg
         self.d_in = cfg.d_in
         # Nodes at each depth: b0, b0*b1, b0*b1*b2, ...

@@ -60,7 +60,10 @@ def validate_train(cfg: TrainConfig) -> None:
         (cfg.max_nonfinite_steps >= 1, f"train.max_nonfinite_steps must be >= 1, got {cfg.max_nonfinite_steps}"),
         (cfg.log_every >= 1, f"train.log_every must be >= 1, got {cfg.log_every}"),
         (cfg.eval_every >= 0, f"train.eval_every must be >= 0, got {cfg.eval_every}"),
-        (cfg.eval_tokens >= 1, f"train.eval_tokens must be >= 1, got {cfg.eval_tokens}"),
+        (
+            cfg.eval_tokens >= 2,
+            f"train.eval_tokens must be >= 2 (explained variance needs a variance), got {cfg.eval_tokens}",
+        ),
         (cfg.downstream_tokens >= 0, f"train.downstream_tokens must be >= 0, got {cfg.downstream_tokens}"),
         (cfg.absorption_words >= 0, f"train.absorption_words must be >= 0, got {cfg.absorption_words}"),
         (cfg.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {cfg.checkpoint_every}"),
