@@ -6,6 +6,7 @@ the non-finite guard exits 3; an interrupted run exits 130 after saving a checkp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -365,25 +366,37 @@ def browse(
         raise UsageError(f"browse takes one run, or two to compare side by side; got {len(runs)}")
     if tokens < 1:
         raise UsageError(f"--tokens must be >= 1, got {tokens}")
+    if serve and not 0 <= port <= 65535:
+        raise UsageError(f"--port must be in 0..65535, got {port}")
     if out is not None:
         prepare_out(out)  # before minutes of work
     targets = [open_sae(r) for r in runs]
     out_dir = out or Path("runs") / f"browse-{'-vs-'.join(t.label for t in targets)}"
-    summary = build(targets, out_dir, tokens, device=device, progress=not quiet)
-    typer.echo(
-        f"{summary['title']}: {summary['tokens']:,} tokens in {summary['seconds']} s -> {out_dir / 'index.html'}"
-    )
-    if serve:
-        import functools
-        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-        handler = functools.partial(SimpleHTTPRequestHandler, directory=str(out_dir))
-        with ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+    with contextlib.ExitStack() as held:
+        # Listening before minutes of work too: a port in use is said now, not after the build.
+        server = held.enter_context(_site_server(out_dir, port)) if serve else None
+        summary = build(targets, out_dir, tokens, device=device, progress=not quiet)
+        typer.echo(
+            f"{summary['title']}: {summary['tokens']:,} tokens in {summary['seconds']} s -> {out_dir / 'index.html'}"
+        )
+        if server is not None:
             typer.echo(f"serving on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
             try:
                 server.serve_forever()
             except KeyboardInterrupt:
                 pass
+
+
+def _site_server(site: Path, port: int) -> Any:
+    """An HTTP server on 127.0.0.1:``port`` for the files of ``site`` (read when asked for, so
+    the site may be written after it listens)."""
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(site))
+    try:
+        return ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as exc:
+        raise UsageError(f"--port {port}: cannot listen on 127.0.0.1 ({exc.strerror}); choose another port") from None
 
 
 registry_app = typer.Typer(help="The catalogue of trained SAEs (registry/).", no_args_is_help=True)

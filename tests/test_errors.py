@@ -208,6 +208,16 @@ def case(env, row: str):
         (r / "thesis").mkdir(exist_ok=True)
         (r / "thesis" / "draft.tex").write_text("mine")
         return ["train", "flat", *SYN, "--out", str(r / "thesis")], {}, ["thesis is not empty (draft.tex is there)"]
+    if row == "browse-port-range":
+        return ["browse", str(env["run"]), "--serve", "--port", "70000"], {}, ["--port must be in 0..65535, got 70000"]
+    if row == "browse-port-busy":
+        import socket
+
+        busy = env["busy_socket"] = socket.socket()  # held by the test while the command runs
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        return ["browse", str(env["run"]), "--serve", "--port", port, "--out", str(r / "site")], {}, [f"--port {port}: cannot listen"]
     if row == "out-not-utf8":
         return ["train", "flat", *SYN, "--out", str(r / "bad\udcff")], {}, ["the path is not valid UTF-8"]
     if row == "synthetic-probability":
