@@ -286,8 +286,21 @@ def write_trainer_state(
     for index, state in optimizer["state"].items():
         for name, value in state.items():
             flat[f"opt.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    save_tensors(directory / TRAINER_TENSORS_FILE, {**flat, **tensors})
-    write_json(directory / TRAINER_META_FILE, {**meta, "optimizer_param_groups": optimizer["param_groups"]})
+    meta = {**meta, "optimizer_param_groups": optimizer["param_groups"]}
+    # trainer.json's digest rides in the checksummed tensors: an edited or damaged step count,
+    # scale or curriculum state is refused on resume, as damaged tensors are.
+    save_tensors(directory / TRAINER_TENSORS_FILE, {**flat, **tensors}, {TRAINER_META_DIGEST: _meta_digest(meta)})
+    write_json(directory / TRAINER_META_FILE, meta)
+
+
+# The key of trainer.json's digest in trainer.safetensors' metadata (checkpoints written before
+# it was kept have none, and are read unchecked).
+TRAINER_META_DIGEST = "trainer_json_sha256"
+
+
+def _meta_digest(meta: Any) -> str:
+    """sha256 of trainer.json's content, whatever its layout on disk."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def read_trainer_state(
@@ -302,7 +315,12 @@ def read_trainer_state(
             f"{directory / TRAINER_META_FILE}: damaged trainer state (missing or malformed: "
             f"{', '.join(missing) or 'step or optimizer_param_groups'}); restart the run in a new --out"
         )
-    tensors, _ = load_tensors(directory / TRAINER_TENSORS_FILE)
+    tensors, metadata = load_tensors(directory / TRAINER_TENSORS_FILE)
+    if metadata.get(TRAINER_META_DIGEST, _meta_digest(meta)) != _meta_digest(meta):
+        raise UsageError(
+            f"{directory / TRAINER_META_FILE}: damaged trainer state (it does not match the digest in "
+            f"{TRAINER_TENSORS_FILE}); restart the run in a new --out"
+        )
     sae_state, other = {}, {}
     optimizer: dict[str, Any] = {"param_groups": meta["optimizer_param_groups"], "state": {}}
     for key, value in tensors.items():

@@ -319,6 +319,14 @@ def case(env, row: str):
         state = checkpoint_dir(run) / "trainer.json"
         state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "scale"}))
         return ["train", "--resume", str(run), "-q"], {}, ["damaged trainer state", "scale"]
+    if row == "edited-trainer-state":
+        run = copy_run(env, "trainerstep", symlinks=True)
+        from saezoo.checkpoint import checkpoint_dir
+
+        state = checkpoint_dir(run) / "trainer.json"
+        meta = json.loads(state.read_text())
+        state.write_text(json.dumps({**meta, "step": meta["step"] // 2}))  # well formed, and wrong
+        return ["train", "--resume", str(run), "-q"], {}, ["damaged trainer state (it does not match the digest"]
     if row == "unchecked-weights":
         from safetensors.torch import load_file, save_file
 
