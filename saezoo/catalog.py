@@ -327,6 +327,8 @@ def register_run(
     directory = registry_dir()
     weights = directory / "weights" / f"{name}.safetensors"
     (directory / "weights" / f"{name}.rebuilt.safetensors").unlink(missing_ok=True)  # a replaced entry's
+    # Checked before the copy: a damaged file never enters the registry, nor blocks the name.
+    tensors_sha256 = ckpt.load_tensors(Path(run_dir) / ckpt.WEIGHTS_FILE)[1]["sha256"]
     ckpt.atomic_write(weights, lambda tmp: shutil.copyfile(Path(run_dir) / ckpt.WEIGHTS_FILE, tmp))
     # What the source resolved (the hook a default stands for, the model's dtype) over what
     # was asked for.
@@ -358,7 +360,7 @@ def register_run(
             # The file's sha256 differs between two writes of the same tensors (safetensors
             # orders its metadata as it likes); this one tells `reproduce` whether it rebuilt
             # the very same tensors.
-            "tensors_sha256": ckpt.load_tensors(weights)[1]["sha256"],
+            "tensors_sha256": tensors_sha256,
         },
         "training": {
             "curriculum": header.get("curriculum_name", ""),

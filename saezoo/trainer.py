@@ -137,6 +137,9 @@ class Trainee:
         if state_dir is None:
             return False
         sae_state, opt_state, tensors, meta = ckpt.read_trainer_state(state_dir, self.device)
+        # The weights eval, export and --register read, checked too: a damaged copy there is not
+        # rewritten when no step is left to take, and the run would end 0 beside it.
+        ckpt.load_tensors(state_dir / ckpt.WEIGHTS_FILE)
         ckpt.load_state(self.sae, sae_state, state_dir)
         self.opt.load_state_dict(opt_state)
         self.tokens_since_fired = tensors["tokens_since_fired"].to(self.device)

@@ -237,6 +237,14 @@ def case(env, row: str):
         data[-8:] = b"\x01" * 8
         (run / "sae.safetensors").write_bytes(bytes(data))
         return ["eval", str(run)], {}, ["checksum mismatch"]
+    if row == "corrupt-weights-resume":  # a finished run: nothing left to train would rewrite them
+        run = copy_run(env, "corruptresume", symlinks=True)
+        weights = (run / "sae.safetensors").resolve()
+        data = bytearray(weights.read_bytes())
+        data[-8:] = b"\x01" * 8
+        weights.write_bytes(bytes(data))
+        registry = {"SAEZOO_REGISTRY": str(r / "registry-resume")}
+        return ["train", "--resume", str(run), "-q", "--register", "never-damaged"], registry, ["checksum mismatch"]
     if row == "truncated-weights":
         run = copy_run(env, "truncated")
         (run / "sae.safetensors").write_bytes((run / "sae.safetensors").read_bytes()[:200])
