@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,7 +193,12 @@ def test_list_and_clear(tmp_path, llama_dir, corpus_file):  # noqa: F811
     with pytest.raises(UsageError, match="no cache entry"):
         clear_cache("nope", tmp_path)
     assert clear_cache(entries[0]["id"], tmp_path) == 1
-    assert clear_cache("all", tmp_path) == 1 and list_cache(tmp_path) == []
+    # An entry linked in from elsewhere: clearing removes the link, never what it points to.
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "keep").mkdir(parents=True)
+    (Path(entries[1]["path"]).parent / "linked").symlink_to(elsewhere)
+    assert clear_cache("all", tmp_path) == 2 and list_cache(tmp_path) == []
+    assert (elsewhere / "keep").is_dir()
 
 
 def _overwrite_4k(path):

@@ -294,5 +294,8 @@ def clear_cache(key_or_all: str, cache_dir: str | Path | None = None) -> int:
         if not paths:
             raise UsageError(f"no cache entry {key_or_all!r} in {root} (entries: {', '.join(ids) or 'none'})")
     for path in paths:
-        shutil.rmtree(path)
+        if path.is_symlink():  # an entry linked in from elsewhere: the link goes, never what it points to
+            path.unlink()
+        else:
+            shutil.rmtree(path)
     return len(paths)
