@@ -26,6 +26,8 @@ from saezoo.errors import UsageError
         ("none", Optional[float], None),
         ("2.5", Optional[float], 2.5),
         ("1,2,3", list[int], [1, 2, 3]),
+        ("3,", list[int], [3]),
+        ("", list[int], []),
         ("[0.1, 0.2]", list[float], [0.1, 0.2]),
         ("0.9,0.99", tuple[float, float], (0.9, 0.99)),
         ("cubic", Literal["linear", "cubic"], "cubic"),
@@ -38,7 +40,8 @@ def test_coerce(value, tp, expected):
 @pytest.mark.parametrize(
     ("value", "tp"),
     [("abc", int), ("1.5", int), ("x", float), ("maybe", bool), ("square", Literal["linear", "cubic"]), ("1,2,3", tuple[float, float]),
-     ("99999999999999999999", int), (10**30, int), ("nan", float), ("-inf", float)],
+     ("99999999999999999999", int), (10**30, int), ("nan", float), ("-inf", float), ("1,,2", list[int]),
+     ("[1, nan]", list[float])],
 )
 def test_coerce_rejects(value, tp):
     with pytest.raises(UsageError, match="^k: "):

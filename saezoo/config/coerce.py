@@ -97,12 +97,21 @@ def _as_list(value: Any, key: str) -> list[Any]:
     if text.startswith("["):
         try:
             parsed = json.loads(text)
-        except json.JSONDecodeError:
-            raise UsageError(f"{key}: {value!r} is not a list (write [1, 2] or 1,2)") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"{key}: {value!r} cannot be read as a JSON list ({exc.msg}; write [1, 2] or 1,2)"
+            ) from None
         if not isinstance(parsed, list):
             raise UsageError(f"{key}: {value!r} is not a list")
         return parsed
-    return [v.strip() for v in text.split(",") if v.strip()]
+    if not text:
+        return []
+    items = [v.strip() for v in text.split(",")]
+    if len(items) > 1 and not items[-1]:
+        items.pop()  # "3,": a list of one
+    if not all(items):  # "1,,2" is a typo, not [1, 2]
+        raise UsageError(f"{key}: {value!r} has an empty item (write 1,2 or [1, 2])")
+    return items
 
 
 def build(cls: type, values: dict[str, Any], where: str) -> Any:
