@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 import saezoo
 from saezoo import checkpoint
-from saezoo.errors import UsageError, unknown_name
+from saezoo.errors import TrainingDiverged, UsageError, unknown_name
 from saezoo.sae import SAE
 
 FORMATS: tuple[str, ...] = ("saelens",)
@@ -213,6 +213,8 @@ def check_same(original: SAE, copy: SAE, what: str, tokens: int = 128) -> None:
         ("codes", original.encode(x), copy.encode(x)),
         ("reconstruction", original.decode(original.encode(x)), copy.decode(copy.encode(x))),
     ):
+        if not bool(torch.isfinite(a).all()):  # not the mapping's fault, and nothing worth exporting
+            raise TrainingDiverged(f"{what}: the run's SAE gives non-finite {name}; retrain it (a lower train.lr)")
         err = float((a - b).norm() / a.norm().clamp_min(1e-12))
         if not math.isfinite(err) or err > 1e-4:
             raise UsageError(

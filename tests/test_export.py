@@ -189,6 +189,16 @@ def test_export_refusals(tmp_path):
         export.export_run(tmp_path / "out", tmp_path / "out2")
 
 
+def test_a_run_whose_weights_overflow_is_not_exported_and_not_blamed_on_the_mapping(tmp_path):
+    # lr 1e30: finite weights of ~1e30 whose codes are not finite (train itself exits 3).
+    run_cli(*fast_train_args("flat", tmp_path / "run", 10, "--set", "train.lr=1e30", "--set", "train.grad_clip=none"))
+    proc = run_cli("export", str(tmp_path / "run"), str(tmp_path / "out"))
+    assert proc.returncode == 3, proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "gives non-finite codes" in line and "mapping" not in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_batchtopk_without_a_threshold_is_refused(tmp_path):
     sae = checkpoint.build_sae("batchtopk", 16, {})
     header = {"architecture": "batchtopk", "sae": dataclasses.asdict(sae.cfg)}
