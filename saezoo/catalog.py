@@ -119,6 +119,10 @@ def read_manifest(path: Path) -> Entry:
         isinstance(weights.get(k, ""), str) for k in ("path", "url")
     ):
         raise _invalid(path, "[weights] needs a sha256, and path and url are strings")
+    where = weights.get("path", "")
+    if where and (Path(where).is_absolute() or ".." in Path(where).parts):
+        # A manifest names a file of its own registry, never one elsewhere on the machine.
+        raise _invalid(path, f"[weights] path {where!r} must be relative, inside the registry (no '..')")
     for key in ("sha256", "tensors_sha256"):
         if key in weights and not re.fullmatch(r"[0-9a-f]{64}", str(weights[key])):
             raise _invalid(path, f"[weights] {key} must be 64 lowercase hex digits")

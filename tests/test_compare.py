@@ -369,8 +369,13 @@ def test_registry_round_trip_and_validation(tmp_path, monkeypatch):
     weights = entry.weights_file()
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     assert_one_line_error(run_cli("registry", "show", "tiny-flat"), "does not match its sha256")
-    entry.manifest.write_text(entry.manifest.read_text().replace("d_in = 64", 'd_in = "x"'))
+    good = entry.manifest.read_text()
+    entry.manifest.write_text(good.replace("d_in = 64", 'd_in = "x"'))
     assert_one_line_error(run_cli("registry", "show", "tiny-flat"), "field 'd_in' must be a int")
+    # A manifest names a file of its registry, never one elsewhere on the machine.
+    for elsewhere in ("/etc/passwd", "../../outside.safetensors"):
+        entry.manifest.write_text(good.replace('path = "weights/tiny-flat.safetensors"', f'path = "{elsewhere}"'))
+        assert_one_line_error(run_cli("registry", "show", "tiny-flat"), "must be relative, inside the registry")
 
 
 def test_shipped_registry_entries_load_and_match_their_checksums(monkeypatch):
