@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from contextlib import ExitStack
 import platform
 import statistics
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -409,7 +409,7 @@ def resumed(out: Path) -> tuple[list[Variant], list[int] | None, float | None]:
     if not (out / checkpoint.COMPARE_FILE).is_file():
         raise UsageError(
             f"--resume {out}: no {checkpoint.COMPARE_FILE} there, so not a comparison that can be resumed "
-            "(one saezoo started before compare kept it is not)"
+            "(a comparison started before saezoo kept that file cannot be)"
         )
     request = checkpoint.read_json(out / checkpoint.COMPARE_FILE, f"comparison ({checkpoint.COMPARE_FILE})")
     try:

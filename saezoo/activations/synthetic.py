@@ -22,7 +22,6 @@ stream is reproducible and can be resumed at any batch.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
