@@ -173,9 +173,7 @@ def train(
 
     if resume is not None:
         resume = Path(resume)
-        given = {**settings, "tokens": tokens, "config": config, "preset": preset, "set": list(sets) or None}
-        given.update(curriculum=None if curriculum == "constant" else curriculum, out=out)
-        flags = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+        flags = _given_flags(settings, curriculum, sets, tokens=tokens, config=config, preset=preset, out=out)
         if flags:
             raise UsageError(
                 f"--resume {resume} continues the run as its cfg.json defines it; {', '.join(flags)} cannot change it "
@@ -219,6 +217,14 @@ def train(
     if register is not None and distributed.is_main():
         registered = catalog.register_run(register, out_dir, metrics, force=force)
     return Run(out_dir, run, metrics, registered)
+
+
+def _given_flags(settings: dict[str, Any], curriculum: str, sets: Sequence[str], **options: Any) -> list[str]:
+    """The options given beside ``--resume``, as the command line spells them: a resumed run
+    or comparison goes on as it was started, so ``train`` and ``compare`` refuse them all."""
+    given = {**settings, **options, "curriculum": None if curriculum == "constant" else curriculum}
+    given["set"] = list(sets) or None
+    return [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
 
 
 def prepare_out(out: Path | None, name: str) -> Path:
@@ -378,9 +384,9 @@ def compare(
 
     settings = {"source": source, **settings}
     if resume is not None:
-        given = {**settings, "target_l0": target_l0, "seeds": seeds, "config": config, "tokens": tokens, "out": out}
-        given.update(curriculum=None if curriculum == "constant" else curriculum, set=list(sets) or None)
-        flags = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+        flags = _given_flags(
+            settings, curriculum, sets, target_l0=target_l0, seeds=seeds, config=config, tokens=tokens, out=out
+        )
         if specs or flags:
             what = ", ".join(([" ".join(specs)] if specs else []) + flags)
             raise UsageError(

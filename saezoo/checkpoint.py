@@ -316,7 +316,8 @@ def read_trainer_state(
             f"{', '.join(missing) or 'step or optimizer_param_groups'}); restart the run in a new --out"
         )
     tensors, metadata = load_tensors(directory / TRAINER_TENSORS_FILE)
-    if metadata.get(TRAINER_META_DIGEST, _meta_digest(meta)) != _meta_digest(meta):
+    digest = metadata.get(TRAINER_META_DIGEST)
+    if digest is not None and digest != _meta_digest(meta):
         raise UsageError(
             f"{directory / TRAINER_META_FILE}: damaged trainer state (it does not match the digest in "
             f"{TRAINER_TENSORS_FILE}); restart the run in a new --out"

@@ -462,7 +462,7 @@ def train_many(
                         t.start(sample)
                 during = ""
                 with stop.deferred():
-                    failures = _train_loop(trainees, source, eval_x, stop, device, progress and main, resume_with)
+                    failures = _train_loop(trainees, source, eval_x, stop, device, progress and main)
                     for i, t in enumerate(trainees):
                         if i not in failures:
                             t.save_checkpoint()
@@ -500,10 +500,10 @@ def _train_loop(
     stop: StopSignals,
     device: torch.device,
     progress: bool,
-    resume_with: str | None = None,
 ) -> dict[int, str]:
     """Train every trainee to the last step; return the divergence messages of those that
-    stopped alone. A stop signal saves every checkpoint and raises :class:`Interrupted`."""
+    stopped alone. A stop signal ends it after the step in progress (train_many then saves
+    every run and raises :class:`Interrupted`)."""
     train_cfg = trainees[0].cfg
     steps, batch_size = train_cfg.steps, train_cfg.batch_size
     main = distributed.is_main()
@@ -539,9 +539,7 @@ def _train_loop(
                 if train_cfg.checkpoint_every and t.step % train_cfg.checkpoint_every == 0:
                     t.save_checkpoint()
             if stop.any_received(device):
-                for t in trainees:
-                    t.save_checkpoint()
-                raise Interrupted(stopped_message(stop.name, trainees, resume_with=resume_with))
+                break  # the caller saves every run that has not diverged, and says how to go on
             if (step + 1) % train_cfg.log_every == 0 or step + 1 == steps:
                 elapsed = max(time.perf_counter() - t0, 1e-9)
                 bar.update(task, completed=step + 1, tps=tokens_done / elapsed, info=_loss_text(trainees))

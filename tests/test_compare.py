@@ -354,6 +354,14 @@ def test_registry_round_trip_and_validation(tmp_path, monkeypatch):
         catalog.register_run("tiny-flat", run, {"explained_variance": 0.5})
     assert entry.manifest.read_bytes() == manifest
     catalog.register_run("tiny-flat", run, {"explained_variance": 0.5}, force=True)
+    # Damaged weights never enter the registry, nor take a name there.
+    run_weights = (run / "sae.safetensors").resolve()
+    good_weights = run_weights.read_bytes()
+    run_weights.write_bytes(good_weights[:-4] + b"\0\0\0\0")
+    with pytest.raises(UsageError, match="checksum mismatch"):
+        catalog.register_run("tiny-flat-2", run, {"explained_variance": 0.5})
+    assert not (tmp_path / "registry" / "weights" / "tiny-flat-2.safetensors").exists()
+    run_weights.write_bytes(good_weights)
     assert catalog.get_entry("tiny-flat").metrics == {"explained_variance": 0.5}
     with pytest.raises(UsageError, match="unknown registry entry '../registry/tiny-flat'"):
         catalog.get_entry("../registry/tiny-flat")  # a name cannot reach outside the registry
