@@ -201,8 +201,10 @@ def train(
     with ExitStack() as held:
         if created:
             held.enter_context(_removed_if_unused(out_dir))
-        if distributed.is_main():  # rank 0 alone writes into the directory
+        if distributed.is_main():  # rank 0 alone writes into the directory and the registry
             held.enter_context(checkpoint.run_lock(out_dir))
+            if register is not None:
+                held.enter_context(catalog.name_held(register, force))
         if resume is None:
             checkpoint.refuse_occupied(out_dir)
         distributed.barrier()  # every rank has checked --out before rank 0 writes into it
@@ -213,9 +215,9 @@ def train(
             device=str(resolve_device(run.train.device)),
         )
         metrics = run_training(run, out_dir, src, resume=resume is not None, progress=progress)
-    registered = None
-    if register is not None and distributed.is_main():
-        registered = catalog.register_run(register, out_dir, metrics, force=force)
+        registered = None
+        if register is not None and distributed.is_main():
+            registered = catalog.register_run(register, out_dir, metrics, force=force)
     return Run(out_dir, run, metrics, registered)
 
 
@@ -469,4 +471,3 @@ def reproduce(name: str, out: str | Path | None = None, progress: bool = False) 
     if entry.tensors_sha256:
         identical = checkpoint.load_tensors(run.path / checkpoint.WEIGHTS_FILE)[1]["sha256"] == entry.tensors_sha256
     return Reproduction(name, run, rows, ok, installed, identical)
-

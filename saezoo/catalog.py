@@ -17,6 +17,8 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -320,6 +322,23 @@ def check_new_name(name: str, force: bool = False) -> None:
         raise UsageError(
             f"registry entry {name!r} already exists ({taken[0]}); choose another name, or add --force to replace it"
         )
+
+
+@contextmanager
+def name_held(name: str, force: bool = False) -> Iterator[None]:
+    """Hold registry name ``name`` from the start of training until the run is registered: of
+    two runs started with one ``--register`` name, the second refuses at once rather than
+    after its training. (The lock file lies with the local weights, which git ignores.)"""
+    weights = registry_dir() / "weights"
+    try:
+        weights.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{weights}: cannot create the registry's weights directory ({exc.strerror})") from None
+    with ckpt.held_file(
+        weights / f".{name}.lock", f"registry name {name!r} is being trained for by another saezoo process"
+    ):
+        check_new_name(name, force)  # again: one may have been registered before we held the name
+        yield
 
 
 def register_run(

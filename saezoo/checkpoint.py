@@ -338,23 +338,27 @@ def read_trainer_state(
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run directory for this process: a second process training into or resuming
-    it refuses instead of rolling its checkpoint back. The kernel drops an flock when the
-    process dies, however it dies, so the lock is never left stale."""
-    path = Path(run_dir) / LOCK_FILE
+    it refuses instead of rolling its checkpoint back."""
+    with held_file(Path(run_dir) / LOCK_FILE, f"{run_dir} is in use by another saezoo process"):
+        yield
+
+
+@contextmanager
+def held_file(path: Path, busy: str) -> Iterator[None]:
+    """Hold ``path`` (an flock, created if need be) for this process; another process that
+    asks for it meanwhile gets a UsageError saying ``busy`` and the holder's pid. The kernel
+    drops an flock when the process dies, however it dies, so the lock is never left stale."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise UsageError(
-            f"{path}: cannot open the run directory's lock file ({exc.strerror}); remove it if it is not a file"
-        ) from None
+        raise UsageError(f"{path}: cannot open the lock file ({exc.strerror}); remove it if it is not a file") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.read(fd, 32).decode(errors="replace").strip()
         os.close(fd)
         raise UsageError(
-            f"{run_dir} is in use by another saezoo process{f' (pid {holder})' if holder.isdigit() else ''}; "
-            "wait for it to finish or stop it"
+            f"{busy}{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to finish or stop it"
         ) from None
     try:
         os.ftruncate(fd, 0)

@@ -196,9 +196,12 @@ def test_list_and_clear(tmp_path, llama_dir, corpus_file):  # noqa: F811
     # An entry linked in from elsewhere: clearing removes the link, never what it points to.
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "keep").mkdir(parents=True)
-    (Path(entries[1]["path"]).parent / "linked").symlink_to(elsewhere)
+    (Path(entries[1]["path"]).parent / "0123456789abcdef").symlink_to(elsewhere)
+    # A directory that is no entry (not named as entries are) is not the cache's to remove.
+    (Path(entries[1]["path"]).parent / "notes" / "keep").mkdir(parents=True)
     assert clear_cache("all", tmp_path) == 2 and list_cache(tmp_path) == []
     assert (elsewhere / "keep").is_dir()
+    assert (Path(entries[1]["path"]).parent / "notes" / "keep").is_dir()
 
 
 def _overwrite_4k(path):

@@ -276,3 +276,25 @@ def test_serve_answers_on_localhost_and_stops_on_ctrl_c(site, tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     assert proc.returncode == 0, proc.stderr.read()
+
+
+@pytest.mark.slow
+def test_a_site_is_replaced_only_when_it_holds_nothing_else(site, tmp_path):
+    """A rebuild deletes the old site, so --out may name one only while it holds nothing but a
+    build's files: a file a user put into it stops the command, and is kept."""
+    from saezoo.browse.site import prepare_out
+    from saezoo.errors import UsageError
+
+    old = tmp_path / "old"
+    shutil.copytree(site["out"], old)
+    prepare_out(old)  # a site as built: replaceable
+    for planted in (old / "thesis.tex", old / "data" / "notes.js", old / "plots" / "figure.pdf"):
+        planted.parent.mkdir(exist_ok=True)  # the planted run has no plots
+        planted.write_text("mine")
+        with pytest.raises(UsageError, match=f"{planted.name} is no file of it"):
+            prepare_out(old)
+        planted.unlink()
+    (old / "thesis.tex").write_text("mine")
+    proc = run_cli("browse", str(site["run"]), "--tokens", "300", "--out", str(old), "-q")
+    assert proc.returncode == 2 and "thesis.tex is no file of it" in proc.stderr, proc.stderr
+    assert (old / "thesis.tex").read_text() == "mine"

@@ -170,6 +170,8 @@ def case(env, row: str):
         return ["train", "flat", *model[:2], "--dataset", str(r / "no-such.txt"), "--out", str(r / "ud"), "-q"], {}, ["no-such.txt"]
     if row == "missing-asset":
         return ["train", "flat", *model[:2], "--dataset", "austen", "--out", str(r / "ma"), "-q"], {"SAEZOO_CACHE": str(r / "empty-cache")}, ["scripts/fetch_assets.sh"]
+    if row == "unknown-set-section":
+        return ["train", "flat", *SYN, "--set", "trian.lr=1e-3"], {}, ["unknown setting 'trian'", "neither a section", "did you mean train?"]
     if row == "unknown-set-key":
         return ["train", "flat", *SYN, "--set", "l1_coef=2"], {}, ["unknown setting 'sae.l1_coef'", "did you mean sae.l1_coefficient"]
     if row == "bad-set-value":
@@ -290,6 +292,25 @@ def case(env, row: str):
         os.write(fd, str(os.getpid()).encode())
         HELD_LOCKS.append(fd)
         return ["train", "--resume", str(run), "-q"], {}, ["in use by another saezoo process", f"pid {os.getpid()}"]
+    if row == "registry-name-busy":
+        # Another process training for the name holds its lock (as catalog.name_held does):
+        # this one refuses at its start, and leaves no run directory.
+        import fcntl
+        import os
+
+        import shutil
+
+        shutil.rmtree(r / "registry-busy", ignore_errors=True)  # a lock held by an earlier call is on the old file
+        weights = r / "registry-busy" / "weights"
+        weights.mkdir(parents=True)
+        fd = os.open(weights / ".mine.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, str(os.getpid()).encode())
+        HELD_LOCKS.append(fd)
+        out = r / "busy-name"
+        args = ["train", "flat", *SYN, "--out", str(out), "--register", "mine"]
+        extra = {"SAEZOO_REGISTRY": str(r / "registry-busy"), "_ABSENT": str(out)}
+        return args, extra, ["registry name 'mine' is being trained for by another saezoo process", f"pid {os.getpid()}"]
     if row == "resume-with-settings":
         return ["train", "--resume", str(env["run"]), "--steps", "50", "--set", "lr=1e-3", "-q"], {}, ["--steps, --set cannot change it", "new run"]
     if row == "plugin-raises":

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -64,6 +65,9 @@ def activations_dir(cache_dir: str | Path | None = None) -> Path:
 def key_hash(key: dict[str, Any]) -> str:
     """A short stable hash of a JSON-able key."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_ENTRY_NAME = re.compile(r"[0-9a-f]{16}")  # what key_hash gives
 
 
 @dataclass
@@ -246,10 +250,12 @@ def _alive(pid: int) -> bool:
 
 
 def _entries(root: Path) -> Iterator[tuple[Path, CacheEntry | None]]:
-    """Every published directory with its entry (``None`` when incomplete or corrupt)."""
+    """Every published directory with its entry (``None`` when incomplete or corrupt). Only a
+    directory named as entries are (:func:`key_hash`) is one: ``cache clear all`` removes
+    these, and nothing else a user may have put beside them."""
     if root.is_dir():
         for path in sorted(root.iterdir()):
-            if path.is_dir() and not path.name.startswith(_TMP_PREFIX):
+            if path.is_dir() and _ENTRY_NAME.fullmatch(path.name):
                 yield path, _read_entry(path)[0]
 
 

@@ -16,6 +16,7 @@ from disk (``file://``) may not fetch files, but it may load scripts.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -45,13 +46,34 @@ TOP_K, SAMPLES, SHOWN_SAMPLES, N_TOKENS, N_NEAR = 20, 24, 6, 10, 8
 
 
 def prepare_out(out: Path) -> None:
-    """``out`` may be new, empty, or a site built before (replaced); nothing else."""
+    """``out`` may be new, empty, or a site built before (replaced, so it must hold nothing
+    but what a build writes); nothing else."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise UsageError(
-            f"--out {out}: holds other files; give a new or empty directory (or a site saezoo browse built)"
-        )
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise UsageError(
+                f"--out {out}: holds other files; give a new or empty directory (or a site saezoo browse built)"
+            )
+        foreign = _foreign(out)
+        if foreign is not None:
+            raise UsageError(
+                f"--out {out}: a site saezoo browse built, but {foreign} is no file of it and would be deleted with "
+                "the old site; move it away or give a new directory"
+            )
+
+
+def _foreign(site: Path) -> Path | None:
+    """A path in ``site`` that no build writes (see the module docstring for the layout)."""
+    own = {f.name for f in STATIC.iterdir()} | {"data", "plots", MARKER}
+    patterns = {"data": re.compile(r"(index|[ab]-\d+)\.js"), "plots": re.compile(r"[^/]+\.png")}
+    for path in sorted(site.iterdir()):
+        if path.name not in own or (path.name in patterns) != (path.is_dir() and not path.is_symlink()):
+            return path
+        for inner in sorted(path.iterdir()) if path.name in patterns else []:
+            if not (inner.is_file() and not inner.is_symlink() and patterns[path.name].fullmatch(inner.name)):
+                return inner
+    return None
 
 
 def build(

@@ -131,6 +131,8 @@ def apply(obj: Any, values: dict[str, Any], where: str) -> Any:
     for name, value in values.items():
         key = f"{where}.{name}" if where else name
         if name not in names:
+            if where == "sae" and isinstance(value, dict):  # --set NAME.x=1: a bare key is sae's
+                raise unknown_section(name, names)
             raise unknown_key(key, cls, where)
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
@@ -138,6 +140,18 @@ def apply(obj: Any, values: dict[str, Any], where: str) -> Any:
         else:
             changes[name] = coerce(value, hints[name], key)
     return dataclasses.replace(obj, **changes)
+
+
+def unknown_section(name: str, fields: set[str]) -> UsageError:
+    """A table of settings under a name that is neither a section nor a field of the SAE
+    (``--set NAME.x=1``: a key without a section is the sae section's)."""
+    from saezoo.config import SECTIONS
+
+    close = closest(name, [*SECTIONS, *fields])
+    return UsageError(
+        f"unknown setting {name!r}.*: {name!r} is neither a section ({', '.join(SECTIONS)}) nor a table of the sae "
+        f"section{f'; did you mean {close}?' if close else ''}"
+    )
 
 
 def unknown_key(key: str, cls: type, where: str) -> UsageError:
