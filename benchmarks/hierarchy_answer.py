@@ -22,12 +22,12 @@ expansion factor:
   2560 latents, the flat family 3392 (expansion 53); 4000 steps.
 * ``tree1232``: another shape, ``branching = [12, 3, 2]``, L0 5; the tree 160 / 480 / 1440,
   the flat family 2112 (expansion 33); 8000 steps, as the tree's placement needs them on this
-  shape (at 4000, 1 of 5 seeds reached issue 17's bar: plugins/saezoo_hsae/README.md, session
+  shape (at 4000, 1 of 5 seeds reached issue 17's bar: plugins/saezoo_hsae/NOTEBOOK.md, session
   17).
 * ``synthetic``: the default two-level source (8 parents x 3 children, 64 independent), L0 4;
   the tree 160 / 480 (a tree of two levels gets no correction slot: the rule's docstring),
   the flat family 640 (expansion 10); 8000 steps (at 4000, 3 of 6 seeds reached issue 17's
-  bar, at 8000 6 of 6: plugins/saezoo_hsae/README.md, session 26).
+  bar, at 8000 6 of 6: plugins/saezoo_hsae/NOTEBOOK.md, session 26).
 
 And one on the language model:
 

@@ -21,16 +21,16 @@ p_independent 0.03):
   room for the corrections is room for independent features hosted in child slots: on
   ``[8, 3]`` (the default source), seeds 0-5 at 4000 steps, 0 of 6 runs at the bar with the
   corrections' budget and slot, 0 of 6 with the budget alone, 3 of 6 with neither (5 of 6
-  with those shares rounded to two decimals; plugins/saezoo_hsae/README.md, session 25). So a
+  with those shares rounded to two decimals; plugins/saezoo_hsae/NOTEBOOK.md, session 25). So a
   two-level tree gets its features' rates and no extra slot. k is the sum rounded up.
   With the features alone (the rule until session 23) the last tier's budget made a rotated
   basis cheaper than the true tree: a latent that takes in its most frequent child, and a
   correction under it where that child is absent, spend fewer latents of the last tier than
-  the true tree and its corrections do (plugins/saezoo_hsae/README.md, sessions 23 and 24);
+  the true tree and its corrections do (plugins/saezoo_hsae/NOTEBOOK.md, sessions 23 and 24);
 * widths: tier 1 is 2.5 x d_in (room for every top-level feature and as many again); each
   deeper tier gives every latent as many child slots as the source's nodes have children,
   and the last tier of a tree of three levels or more one more: the slot that a parent's
-  "no child fires" correction takes (plugins/saezoo_hsae/README.md, session 12). So
+  "no child fires" correction takes (plugins/saezoo_hsae/NOTEBOOK.md, session 12). So
   [8, 4, 3] gets 160 / 640 / 2560 and [12, 3, 2] 160 / 480 / 1440. ``hierarchy_answer.py``
   sets its tree HSAEs by this rule too (:func:`tree_model`).
 

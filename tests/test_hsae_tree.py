@@ -281,7 +281,7 @@ def test_the_shape_benchmarks_last_tier_budget_is_its_parents(branching):
     """benchmarks/tree_shapes.py's rule, in a tree of three levels or more: the last tier's
     budget (k x its share) equals the tier above's, so the last tier, offered one candidate per
     latent the tier above keeps, keeps every positive one (with less, a rotated basis was
-    cheaper than the true tree: hsae README, sessions 23-24); and k is the budgets' sum
+    cheaper than the true tree: hsae NOTEBOOK.md, sessions 23-24); and k is the budgets' sum
     rounded up, no more."""
     module = tree_shapes()
     model = module.tree_model(branching)
@@ -298,7 +298,7 @@ def test_the_shape_benchmarks_last_tier_budget_is_its_parents(branching):
 def test_the_shape_benchmarks_two_level_tree_has_no_correction_budget():
     """In a tree of two levels tier 1 also keeps the independent features, so room for
     corrections in tier 2 went to independent features hosted in child slots ([8, 3], seeds
-    0-5: 0 of 6 runs at issue 17's bar with it, 3 of 6 without; hsae README, session 25): the
+    0-5: 0 of 6 runs at issue 17's bar with it, 3 of 6 without; hsae NOTEBOOK.md, session 25): the
     rule gives tier 2 its children's rate and one slot per child."""
     module = tree_shapes()
     model = module.tree_model([8, 3])

@@ -82,7 +82,7 @@ SETTLE_WINDOWS = 2
 # that pass the lift reached 0.31-0.37 on [8, 4, 3], true children and their parent 0.3-0.5 (a
 # child keeps some of its parent's direction: see separate). 0.4 missed the [12, 3, 2] ones;
 # 0.3 lets some unrelated pairs through as well, and measured on both trees gave the better
-# trees all the same (plugins/saezoo_hsae/README.md, session 13).
+# trees all the same (plugins/saezoo_hsae/NOTEBOOK.md, session 13).
 ABSORB_COS = 0.3
 
 

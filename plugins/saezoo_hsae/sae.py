@@ -69,8 +69,8 @@ class HSAEConfig:
     prefix_until: float = 0.75
     """tree: share of training during which the prefix losses apply. They help the search
     find the tree, then hold it away from the truth: from the planted true tree they move it
-    off (README: session 18). With orthogonal_children, 0.75 put 22 of 30 runs of five
-    synthetic trees at issue 17's bar (README: session 21), and on SmolLM2 the preset explains
+    off (NOTEBOOK.md: session 18). With orthogonal_children, 0.75 put 22 of 30 runs of five
+    synthetic trees at issue 17's bar (NOTEBOOK.md: session 21), and on SmolLM2 the preset explains
     0.848 against 0.842 with the prefix losses to the end (all of it, the default until then)."""
     orthogonal_children: bool = True
     """tree: after each step, each child's decoder row loses its component along its parent's
@@ -78,7 +78,7 @@ class HSAEConfig:
     parent, so the loss does not tell their rows apart along the parent's direction, and left
     free the child's row drifts into it: its parent then looks unused on its tokens and
     placement sends it up to tier 1. Absorption is lower with it on every synthetic tree
-    (README: session 18); off, it cost [12, 3, 2] depth-1 precision until session 21's change
+    (NOTEBOOK.md: session 18); off, it cost [12, 3, 2] depth-1 precision until session 21's change
     to placement (with it and prefix_until 0.75, 3 of 3 seeds at issue 17's bar)."""
     regraft_every: int = 200
     """tree: every this many steps, a latent that fires mostly inside another latent of its own
@@ -93,7 +93,7 @@ class HSAEConfig:
     """tree: share of training after which latents stay where they are, so that the last
     moves settle before the end (0.95: the last window of moves is the last but one of
     training; at 0.75, latents that had formed inside a parent after the last moves stayed in
-    tier 1: README, session 14)."""
+    tier 1: NOTEBOOK.md, session 14)."""
     aux_k: int | None = None
     """tree: dead latents AuxK lets reconstruct the residual, per token (None: d_in // 2)."""
     aux_coefficient: float = 1 / 32
