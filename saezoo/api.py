@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saezoo.arguments import checked
 from saezoo.config import SECTIONS, RunConfig
 from saezoo.errors import TrainingDiverged, UsageError
 from saezoo.sae import SAE
@@ -98,10 +99,13 @@ def open_sae(spec: str | Path, device: str = "cpu", data: dict[str, Any] | None 
     raise UsageError(f"{spec}: no such run directory, SAELens directory or registry entry")
 
 
+@checked
 def load(spec: str | Path, device: str = "cpu") -> SAE:
     """The SAE of a run directory, SAELens directory or registry entry, in eval mode:
     ``sae.encode(x)`` and ``sae.decode(codes)`` take raw activations of its source."""
-    return open_sae(spec, device).sae
+    from saezoo.trainer import resolve_device
+
+    return open_sae(spec, str(resolve_device(device))).sae
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -137,6 +141,7 @@ def settings_layer(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return layer
 
 
+@checked
 def train(
     architecture: str | None = None,
     source: str | None = None,
@@ -179,7 +184,7 @@ def train(
                 f"--resume {resume} continues the run as its cfg.json defines it; {', '.join(flags)} cannot change it "
                 f"(train other settings as a new run with --out)"
             )
-        run = run_from_dict(checkpoint.read_cfg(resume))
+        run = run_from_dict(checkpoint.read_cfg(resume), resume / checkpoint.CFG_FILE)
         if architecture is not None and architecture != run.architecture:
             raise UsageError(f"--resume {resume} is a {run.architecture!r} run, not {architecture!r}")
         out_dir, created = resume, False
@@ -273,6 +278,7 @@ class NonFiniteResult(TrainingDiverged):
         self.metrics = metrics
 
 
+@checked
 def evaluate(
     sae: str | Path | Run | Loaded,
     *,
@@ -305,7 +311,7 @@ def evaluate(
     else:
         loaded = open_sae(sae.path if isinstance(sae, Run) else sae, data=data)
     header = loaded.header
-    run = run_from_dict(header)
+    run = run_from_dict(header, loaded.path / checkpoint.CFG_FILE if loaded.path else loaded.label)
     if tokens is not None and tokens < 2:  # explained variance needs a variance
         raise UsageError(f"--tokens must be >= 2 (explained variance needs a variance), got {tokens}")
     n_eval = tokens or run.train.eval_tokens
@@ -363,6 +369,7 @@ class Comparison:
         return self.report.get("failed", {})
 
 
+@checked
 def compare(
     *specs: str,
     source: str | None = None,
@@ -425,6 +432,7 @@ def compare(
 # --- the registry -------------------------------------------------------------------------------
 
 
+@checked
 def pull(name: str) -> Path:
     """Fetch a registry entry's weights from its manifest's url into the hub cache, checked
     against the manifest's sha256 (``saezoo registry pull``); returns the cached file."""
@@ -445,6 +453,7 @@ class Reproduction:
     identical: bool | None = None  # the very tensors published (None: the manifest records no tensor digest)
 
 
+@checked
 def reproduce(name: str, out: str | Path | None = None, progress: bool = False) -> Reproduction:
     """Retrain a registry entry from its manifest's recipe ([config], [data], [training]) and
     check the final metrics against its [metrics] within ``catalog.REPRODUCE_TOLERANCE``

@@ -12,6 +12,7 @@ the hub cache.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -206,7 +207,9 @@ def weights_here(entry: Entry) -> Path | None:
     if cached is not None:
         return _checked_download(entry, cached)
     rebuilt = entry.rebuilt_file()
-    return rebuilt if rebuilt.is_file() else None  # its tensors carry their own sha256, which loading checks
+    # Its tensors carry their own sha256, which loading checks; and it must be of this manifest:
+    # after a `git pull` brings a new recipe or file, a copy rebuilt from the old one is stale.
+    return rebuilt if rebuilt.is_file() and ckpt.read_metadata(rebuilt).get(REBUILT_FROM) == _made_from(entry) else None
 
 
 def _checked_download(entry: Entry, path: Path) -> Path:
@@ -233,7 +236,8 @@ def weights_status(entry: Entry) -> str:
     path = weights_here(entry)
     if path is None:
         pull = f"saezoo registry pull {entry.name} fetches them, or " if entry.weights_url else ""
-        return f"weights: not on this machine; {pull}saezoo registry reproduce {entry.name} rebuilds them"
+        stale = " (the copy reproduce rebuilt is of another manifest)" if entry.rebuilt_file().is_file() else ""
+        return f"weights: not on this machine{stale}; {pull}saezoo registry reproduce {entry.name} rebuilds them"
     rebuilt = " (rebuilt by saezoo registry reproduce, not the published file)" if path == entry.rebuilt_file() else ""
     return f"weights: {path}{rebuilt}"
 
@@ -301,10 +305,22 @@ def check_reproduction(
     return rows, ok
 
 
+# Metadata key of a rebuilt copy: the digest of what it was rebuilt from (_made_from).
+REBUILT_FROM = "rebuilt_from"
+
+
+def _made_from(entry: Entry) -> str:
+    """A digest of the entry's recipe and of the published file a rebuilt copy stands in for."""
+    made = {"recipe": recipe(entry), "d_in": entry.d_in, "weights_sha256": entry.weights_sha256}
+    return hashlib.sha256(json.dumps(made, sort_keys=True).encode()).hexdigest()
+
+
 def install_rebuilt(entry: Entry, run_dir: Path) -> Path:
-    """Make a reproduced run's weights the entry's rebuilt copy (atomically)."""
+    """Make a reproduced run's weights the entry's rebuilt copy (atomically), marked with what
+    it was rebuilt from."""
     target = entry.rebuilt_file()
-    ckpt.atomic_write(target, lambda tmp: shutil.copyfile(Path(run_dir) / ckpt.WEIGHTS_FILE, tmp))
+    tensors, meta = ckpt.load_tensors(Path(run_dir) / ckpt.WEIGHTS_FILE)
+    ckpt.save_tensors(target, tensors, {**meta, REBUILT_FROM: _made_from(entry)})
     return target
 
 

@@ -199,6 +199,15 @@ def load_tensors(path: Path, checksum: str = "required") -> tuple[dict[str, Tens
     return tensors, metadata
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file, without reading its tensors ({} if unreadable)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return {}
+
+
 # --- checkpoints: one step directory, switched in by one rename ---------------------------------
 
 
@@ -433,6 +442,9 @@ def read_cfg(run_dir: Path) -> dict[str, Any]:
     for key in ("architecture", "d_in", "sae"):
         if key not in cfg:
             raise UsageError(f"{run_dir / CFG_FILE}: missing field {key!r}")
+    for key, kinds in (("architecture", str), ("preset", (str, type(None))), ("curriculum_name", str)):
+        if key in cfg and not isinstance(cfg[key], kinds):
+            raise UsageError(f"{run_dir / CFG_FILE}: {key!r} must be a string, got {cfg[key]!r:.60}")
     return cfg
 
 

@@ -414,7 +414,7 @@ def resumed(out: Path) -> tuple[list[Variant], list[int] | None, float | None]:
     request = checkpoint.read_json(out / checkpoint.COMPARE_FILE, f"comparison ({checkpoint.COMPARE_FILE})")
     try:
         variants = [
-            Variant(v["label"], run=run_from_dict(v["run"]))
+            Variant(v["label"], run=run_from_dict(v["run"], out / checkpoint.COMPARE_FILE))
             if "run" in v
             else Variant(v["label"], entry=catalog.get_entry(v["entry"]))
             for v in request["variants"]

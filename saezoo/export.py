@@ -168,6 +168,11 @@ def export_run(run_dir: Path | str, out: Path | str, fmt: str = "saelens") -> di
     if is_saelens_dir(run_dir):
         raise UsageError(f"{run_dir} is already a SAELens directory; export takes a saezoo run directory")
     sae, header = checkpoint.load_sae(run_dir)
+    from saezoo.trainer import nonfinite_result
+
+    why = nonfinite_result(sae, {})
+    if why is not None:  # eval refuses such weights too (exit 3): a file no one can use
+        raise TrainingDiverged(f"export of {run_dir}: the run's SAE has {why}; retrain it (a lower train.lr)")
     cfg, tensors = to_saelens(sae, header)
     reloaded, _ = from_saelens(cfg, tensors, out)
     check_same(sae, reloaded, f"export of {run_dir}")
@@ -231,10 +236,16 @@ def is_saelens_dir(path: Path | str) -> bool:
     return (Path(path) / SAELENS_WEIGHTS_FILE).is_file()
 
 
-def _normalise_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+def _normalise_cfg(cfg: dict[str, Any], where: Path) -> dict[str, Any]:
     """Fill in what configs written before SAELens 6.0 left implicit (as SAELens's own
     ``handle_pre_6_0_config`` does): architecture, the activation's settings (topk's k) as
-    top-level keys, top-level metadata."""
+    top-level keys, top-level metadata. Fields of the wrong JSON type are refused (``"no"``
+    would read as true)."""
+    kinds = {"metadata": (dict, type(None)), "activation_fn_kwargs": (dict, type(None)), "apply_b_dec_to_input": bool}
+    for key, kind in kinds.items():
+        if key in cfg and not isinstance(cfg[key], kind):
+            wanted = "true or false" if kind is bool else "an object"
+            raise UsageError(f"{where}: {key} must be {wanted}, got {cfg[key]!r:.60}")
     cfg = dict(cfg)
     meta = dict(cfg.get("metadata") or {})
     for key in ("model_name", "hook_name", "hf_hook_name", "dataset_path", "context_size", "sae_lens_version"):
@@ -265,7 +276,7 @@ def import_saelens(path: Path | str) -> tuple[SAE, dict[str, Any]]:
     if not isinstance(raw, dict):
         raise UsageError(f"{path / SAELENS_CFG_FILE}: expected a JSON object")
     tensors, _ = checkpoint.load_tensors(path / SAELENS_WEIGHTS_FILE, checksum="optional")  # SAELens writes none
-    return from_saelens(_normalise_cfg(raw), tensors, path)
+    return from_saelens(_normalise_cfg(raw, path / SAELENS_CFG_FILE), tensors, path)
 
 
 def from_saelens(cfg: dict[str, Any], tensors: dict[str, Tensor], where: Path | str) -> tuple[SAE, dict[str, Any]]:

@@ -68,6 +68,33 @@ def test_bad_input_is_a_usage_error(tmp_path):
         api.open_sae(tmp_path, data={"model": "gpt2"})
 
 
+WRONG_ARGUMENTS = [
+    (lambda: saezoo.train(5, source="synthetic", steps=3), "train(): architecture=5 is not str or None"),
+    (lambda: saezoo.train("flat", sets="train.lr=1e-3"), "sets='train.lr=1e-3' is not a list of str"),
+    (lambda: saezoo.train("flat", curriculum=None), "curriculum=None is not str"),
+    (lambda: saezoo.train("flat", tokens="100"), "tokens='100' is not int or None"),
+    (lambda: saezoo.train("flat", steps=3, out=""), "train(): out is an empty path"),
+    (lambda: saezoo.train(resume=""), "train(): resume is an empty path"),
+    (lambda: saezoo.evaluate("r", tokens=100.5), "evaluate(): tokens=100.5 is not int or None"),
+    (lambda: saezoo.evaluate("r", data=["x"]), "data=['x'] is not dict or None"),
+    (lambda: saezoo.compare(["flat", "topk"]), "compare(): specs=['flat', 'topk'] is not str"),
+    (lambda: saezoo.compare("flat", target_l0="40"), "target_l0='40' is not float or None"),
+    (lambda: saezoo.compare("flat", seeds=2.0), "seeds=2.0 is not int, a list of int, str or None"),
+    (lambda: saezoo.load(""), "load(): spec is an empty path"),
+    (lambda: saezoo.load("r", device="tpu"), "--device 'tpu': not a device"),
+]
+
+
+@pytest.mark.parametrize("call, message", WRONG_ARGUMENTS)
+def test_wrong_arguments_name_themselves(call, message, tmp_path, monkeypatch):
+    """A notebook's wrong type or empty path is refused before anything runs (they failed deep
+    in torch or difflib, and out="" trained into the current directory)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        call()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_train_load_evaluate_in_process(tmp_path):
     run = saezoo.train(
         "flat", source="synthetic", steps=10, out=tmp_path / "run", train={"eval_tokens": 2048, "eval_every": 0}

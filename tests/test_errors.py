@@ -258,6 +258,14 @@ def case(env, row: str):
         run = copy_run(env, "cfgfield")
         edit_cfg(run, lambda c: c["sae"].update(bogus=1))
         return ["eval", str(run)], {}, ["unknown setting 'sae.bogus'"]
+    if row == "bad-cfg-value":
+        run = copy_run(env, "cfgvalue")
+        edit_cfg(run, lambda c: c["train"].update(eval_tokens=0))  # evaluated on no token, it exited 0
+        return ["eval", str(run)], {}, [f"{run}/cfg.json: train.eval_tokens must be >= 2"]
+    if row == "bad-cfg-type":
+        run = copy_run(env, "cfgtype")
+        edit_cfg(run, lambda c: c.update(architecture=5))
+        return ["train", "--resume", str(run), "-q"], {}, [f"{run}/cfg.json: 'architecture' must be a string"]
     if row == "shape-mismatch":
         run = copy_run(env, "shape")
         edit_cfg(run, lambda c: c["sae"].update(expansion_factor=c["sae"]["expansion_factor"] * 2))

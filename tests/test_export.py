@@ -189,6 +189,20 @@ def test_export_refusals(tmp_path):
         export.export_run(tmp_path / "out", tmp_path / "out2")
 
 
+def test_a_run_with_non_finite_weights_is_not_exported(tmp_path):
+    """eval refuses such weights (exit 3); export wrote them and exited 0."""
+    proc = run_cli(*fast_train_args("flat", tmp_path / "run", 5))
+    assert proc.returncode == 0, proc.stderr
+    weights = tmp_path / "run" / checkpoint.WEIGHTS_FILE
+    tensors, _ = checkpoint.load_tensors(weights)
+    tensors["b_enc"][3] = -float("inf")
+    weights.unlink()  # a link into state/: the damaged copy replaces it, with its own sha256
+    checkpoint.save_tensors(weights, tensors)
+    proc = run_cli("export", str(tmp_path / "run"), str(tmp_path / "out"))
+    assert proc.returncode == 3 and "non-finite weights (b_enc)" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_run_whose_weights_overflow_is_not_exported_and_not_blamed_on_the_mapping(tmp_path):
     # lr 1e30: finite weights of ~1e30 whose codes are not finite (train itself exits 3).
     run_cli(*fast_train_args("flat", tmp_path / "run", 10, "--set", "train.lr=1e30", "--set", "train.grad_clip=none"))
@@ -275,6 +289,8 @@ def test_import_of_a_pre_6_config(tmp_path):
         ({"architecture": "matching_pursuit"}, "SAELens architecture 'matching_pursuit' has no saezoo counterpart"),
         ({"normalize_activations": "layer_norm"}, "normalize_activations='layer_norm' is not supported"),
         ({"d_sae": 99}, "tensor W_enc has shape (24, 100), cfg.json implies (24, 99)"),
+        ({"metadata": "x"}, "metadata must be an object, got 'x'"),
+        ({"apply_b_dec_to_input": "no"}, "apply_b_dec_to_input must be true or false, got 'no'"),
     ],
 )
 def test_import_refusals(change, needle, tmp_path):

@@ -139,6 +139,12 @@ def test_reproduce_rebuilds_the_synthetic_entry(tmp_path):
     assert f"weights: {rebuilt} (rebuilt by saezoo registry reproduce" in show.stdout
     ev = run_cli("eval", "synthetic-topk", "--json", env=env)
     assert ev.returncode == 0, ev.stderr
+    # A new recipe arrives (a `git pull`): the copy rebuilt from the old one is not used.
+    manifest = registry / "synthetic-topk.toml"
+    manifest.write_text(manifest.read_text().replace("seed = 0", "seed = 1", 1))
+    show = run_cli("registry", "show", "synthetic-topk", env=env)
+    assert "not on this machine (the copy reproduce rebuilt is of another manifest)" in show.stdout, show.stdout
+    assert_one_line_error(run_cli("eval", "synthetic-topk", env={**env, "HF_HUB_OFFLINE": "1"}), "cannot fetch")
 
 
 def test_reproduction_check(tmp_path, monkeypatch):

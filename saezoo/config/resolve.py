@@ -74,9 +74,16 @@ def validate_train(cfg: TrainConfig) -> None:
             raise UsageError(message)
 
 
-def run_from_dict(data: dict[str, Any]) -> RunConfig:
-    """A RunConfig from the dict stored in cfg.json (for --resume)."""
-    return _build_run(data["architecture"], data.get("preset"), data.get("curriculum_name", "constant"), data)
+def run_from_dict(data: dict[str, Any], source: str | Path | None = None) -> RunConfig:
+    """A RunConfig from the dict stored in cfg.json (for --resume), checked as a new run's is:
+    a hand-edited cfg.json must not train or evaluate with settings ``--set`` refuses.
+    ``source``, the file it was read from, starts an error's message."""
+    run = _build_run(data["architecture"], data.get("preset"), data.get("curriculum_name", "constant"), data)
+    try:
+        validate_train(run.train)
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc}" if source is not None else str(exc)) from None
+    return run
 
 
 def _build_run(architecture: str, preset: str | None, curriculum: str, tables: dict[str, Any]) -> RunConfig:
