@@ -162,14 +162,14 @@ def _metadata(sae: SAE, header: dict[str, Any]) -> dict[str, Any]:
 def export_run(run_dir: Path | str, out: Path | str, fmt: str = "saelens") -> dict[str, Any]:
     """Write the run in ``run_dir`` to ``out`` in format ``fmt``; returns a summary. The files
     are read back and checked against the run's SAE before anything is reported."""
+    from saezoo.trainer import nonfinite_result  # the trainer's own test of a run's weights
+
     if fmt not in FORMATS:
         raise unknown_name("export format", fmt, FORMATS)
     run_dir, out = Path(run_dir), Path(out)
     if is_saelens_dir(run_dir):
         raise UsageError(f"{run_dir} is already a SAELens directory; export takes a saezoo run directory")
     sae, header = checkpoint.load_sae(run_dir)
-    from saezoo.trainer import nonfinite_result
-
     why = nonfinite_result(sae, {})
     if why is not None:  # eval refuses such weights too (exit 3): a file no one can use
         raise TrainingDiverged(f"export of {run_dir}: the run's SAE has {why}; retrain it (a lower train.lr)")
