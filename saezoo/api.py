@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from saezoo.arguments import checked
-from saezoo.config import SECTIONS, RunConfig
+from saezoo.config import MIN_EVAL_TOKENS, SECTIONS, RunConfig
 from saezoo.errors import TrainingDiverged, UsageError
 from saezoo.sae import SAE
 
@@ -312,8 +312,8 @@ def evaluate(
         loaded = open_sae(sae.path if isinstance(sae, Run) else sae, data=data)
     header = loaded.header
     run = run_from_dict(header, loaded.path / checkpoint.CFG_FILE if loaded.path else loaded.label)
-    if tokens is not None and tokens < 2:  # explained variance needs a variance
-        raise UsageError(f"--tokens must be >= 2 (explained variance needs a variance), got {tokens}")
+    if tokens is not None and tokens < MIN_EVAL_TOKENS:
+        raise UsageError(f"--tokens must be >= {MIN_EVAL_TOKENS} (explained variance needs a variance), got {tokens}")
     n_eval = tokens or run.train.eval_tokens
     check_fits(n_eval * loaded.sae.d_in * 4, f"evaluating on {n_eval:,} tokens ({loaded.sae.d_in} float32 values each)")
     if downstream_tokens is not None and downstream_tokens < 0:

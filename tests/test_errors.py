@@ -3,7 +3,9 @@ stderr naming the problem, no traceback, no temporary file left behind."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import resource
 import signal
@@ -139,6 +141,16 @@ def copy_run(env, name: str, symlinks: bool = False) -> Path:
 
 HELD_LOCKS: list[int] = []  # file descriptors kept open (their flock held) for the rest of the session
 HELD_SERVERS: list[HubServer] = []  # local hubs kept serving for the rest of the session
+
+
+def hold_lock(path: Path) -> None:
+    """Hold ``path``'s flock for the rest of the session, as a saezoo process holding it would
+    (its pid written in)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    HELD_LOCKS.append(fd)
 
 
 def edit_cfg(run: Path, change) -> None:
@@ -290,31 +302,17 @@ def case(env, row: str):
         (run / ".lock").mkdir()
         return ["train", "--resume", str(run), "-q"], {}, ["lock file", "Is a directory"]
     if row == "run-in-use":
-        import fcntl
-        import os
-
         run = copy_run(env, "inuse", symlinks=True)
-        fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        HELD_LOCKS.append(fd)
+        hold_lock(run / ".lock")
         return ["train", "--resume", str(run), "-q"], {}, ["in use by another saezoo process", f"pid {os.getpid()}"]
     if row == "registry-name-busy":
-        # Another process training for the name holds its lock (as catalog.name_held does):
-        # this one refuses at its start, and leaves no run directory.
-        import fcntl
-        import os
-
+        # Another process training for the name holds its lock (where catalog.name_held takes
+        # it): this one refuses at its start, and leaves no run directory.
         import shutil
 
         shutil.rmtree(r / "registry-busy", ignore_errors=True)  # a lock held by an earlier call is on the old file
-        weights = r / "registry-busy" / "weights"
-        weights.mkdir(parents=True)
-        fd = os.open(weights / ".mine.lock", os.O_RDWR | os.O_CREAT)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, str(os.getpid()).encode())
-        HELD_LOCKS.append(fd)
+        (r / "registry-busy" / "weights").mkdir(parents=True)
+        hold_lock(r / "registry-busy" / "weights" / ".mine.lock")
         out = r / "busy-name"
         args = ["train", "flat", *SYN, "--out", str(out), "--register", "mine"]
         extra = {"SAEZOO_REGISTRY": str(r / "registry-busy"), "_ABSENT": str(out)}
@@ -501,7 +499,6 @@ def test_error_row(env, row):
     args, extra_env, needles = case(env, row)
     absent = extra_env.pop("_ABSENT", None)  # an --out the failed command must not leave behind
     if extra_env.pop("_FSIZE", None):
-        import os
         import subprocess
         import sys
 

@@ -26,6 +26,11 @@ from saezoo.activations.synthetic import SyntheticConfig
 from saezoo.curriculum import SEPARATOR
 
 
+# Fewest held-out tokens an evaluation may use: explained variance needs a variance (one token
+# gave -7.8e30).
+MIN_EVAL_TOKENS = 2
+
+
 @dataclass
 class TrainConfig:
     steps: int = 400

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from saezoo.config import DataConfig, RunConfig, TrainConfig
+from saezoo.config import MIN_EVAL_TOKENS, DataConfig, RunConfig, TrainConfig
 from saezoo.config.coerce import build
 from saezoo.config.layers import merge, parse_set, read_toml
 from saezoo.curriculum import SEPARATOR, check_composable, curriculum_names
@@ -61,8 +61,9 @@ def validate_train(cfg: TrainConfig) -> None:
         (cfg.log_every >= 1, f"train.log_every must be >= 1, got {cfg.log_every}"),
         (cfg.eval_every >= 0, f"train.eval_every must be >= 0, got {cfg.eval_every}"),
         (
-            cfg.eval_tokens >= 2,
-            f"train.eval_tokens must be >= 2 (explained variance needs a variance), got {cfg.eval_tokens}",
+            cfg.eval_tokens >= MIN_EVAL_TOKENS,
+            f"train.eval_tokens must be >= {MIN_EVAL_TOKENS} (explained variance needs a variance), got "
+            f"{cfg.eval_tokens}",
         ),
         (cfg.downstream_tokens >= 0, f"train.downstream_tokens must be >= 0, got {cfg.downstream_tokens}"),
         (cfg.absorption_words >= 0, f"train.absorption_words must be >= 0, got {cfg.absorption_words}"),
