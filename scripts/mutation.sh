@@ -101,7 +101,7 @@ python3 "$repo/scripts/pytest_fork_server.py" serve "$sock" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 while [ ! -S "$sock" ]; do sleep 0.5; done
-runner="python3 $repo/scripts/pytest_fork_server.py run $sock -x -q -p no:cacheprovider ${present[*]@Q}"
+runner="python3 $repo/scripts/pytest_fork_server.py run $sock -x -q -n 0 -p no:cacheprovider ${present[*]@Q}"
 echo "mutating $file of $what"
 echo "tests: $runner"
 start=$(date +%s)
