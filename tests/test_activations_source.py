@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import torch
 from activations_helpers import REPO, corpus, corpus_file, llama_dir, make_model  # noqa: F401  (fixtures)
 
 from saezoo.activations import text
-from saezoo.activations.cache import activations_dir, clear_cache, list_cache, lookup
+from saezoo.activations.cache import CacheWriter, activations_dir, clear_cache, list_cache, lookup
 from saezoo.activations.model import hooked_activations
 from saezoo.activations.model_source import ModelSource
 from saezoo.errors import UsageError
@@ -182,6 +183,29 @@ def test_killed_harvest_leaves_no_usable_cache(tmp_path, llama_dir, corpus_file)
     # The next harvest removes the dead process's leftovers.
     assert source(llama_dir, corpus_file, tmp_path, n_tokens=600).d_in == 32
     assert [p.name.startswith(".tmp-") for p in activations_dir(tmp_path).iterdir()] == [False]
+
+
+
+def test_a_harvest_removes_only_this_machine_s_dead_leftovers(tmp_path):
+    """A cache on a shared filesystem holds other machines' harvests in progress, whose process
+    ids mean nothing here: a harvest removes the directories of this machine's dead harvests
+    (and those named before the host was in the name), and no other."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    root = activations_dir(tmp_path)
+    host, key = socket.gethostname(), "0123456789abcdef"
+    names = {
+        "dead here": f".tmp-{key}-{host}-{gone.pid}-aaaaaaaa",
+        "dead, named before the host": f".tmp-{key}-{gone.pid}-bbbbbbbb",
+        "running here": f".tmp-{key}-{host}-{os.getpid()}-cccccccc",
+        "another machine's": f".tmp-{key}-not-{host}-{gone.pid}-dddddddd",
+    }
+    for name in names.values():
+        (root / name).mkdir(parents=True)
+    writer = CacheWriter({"test": 1}, tmp_path)
+    assert writer.tmp.name.startswith(f".tmp-{writer.name}-{host}-{os.getpid()}-")
+    writer.abort()
+    assert sorted(p.name for p in root.iterdir()) == sorted([names["running here"], names["another machine's"]])
 
 
 def test_list_and_clear(tmp_path, llama_dir, corpus_file):  # noqa: F811

@@ -15,7 +15,7 @@ CPU the harvest, not the disk, is the bottleneck.
 
 Atomicity: an entry is written into a private temporary directory, the manifest last (temp file
 + ``os.replace``), then the directory is renamed into place. A harvest that is killed leaves only
-a ``.tmp-*`` directory, which no lookup reads and the next harvest removes. Entries are never
+a ``.tmp-*`` directory, which no lookup reads and the next harvest on the same machine removes. Entries are never
 modified after publication, so concurrent readers (several ranks, several runs) are safe.
 
 Integrity: the manifest records each shard's size and sha256, checked once per process when the
@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import uuid
@@ -167,7 +168,7 @@ class CacheWriter:
         self.root = activations_dir(cache_dir)
         self.key = key
         self.name = key_hash(key)
-        self.tmp = self.root / f"{_TMP_PREFIX}{self.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tmp = self.root / f"{_TMP_PREFIX}{self.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             _remove_stale_tmp(self.root)
@@ -229,13 +230,20 @@ class CacheWriter:
 
 
 def _remove_stale_tmp(root: Path) -> None:
-    """Remove the temporary directories of harvests whose process is gone (killed, crashed)."""
+    """Remove the temporary directories of harvests whose process is gone (killed, crashed).
+    Only this machine's: a cache on a shared filesystem also holds other machines' harvests in
+    progress, whose process ids mean nothing here (a directory named before the host was part
+    of the name counts as this machine's)."""
+    here = socket.gethostname()
     for path in root.glob(f"{_TMP_PREFIX}*"):
+        # <key hash>-<host>-<pid>-<random> (<key hash>-<pid>-<random> before the host)
+        _, _, rest = path.name[len(_TMP_PREFIX) :].partition("-")
+        host, _, pid = rest.rpartition("-")[0].rpartition("-")
         try:
-            pid = int(path.name.split("-")[-2])
-        except (ValueError, IndexError):
+            pid = int(pid)
+        except ValueError:
             continue
-        if not _alive(pid):
+        if host in ("", here) and not _alive(pid):
             shutil.rmtree(path, ignore_errors=True)
 
 
