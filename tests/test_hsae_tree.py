@@ -449,7 +449,8 @@ def test_a_guest_goes_back_under_its_host_only_by_cofiring_and_then_stays():
     """A latent sent up as a guest of latent 0 is not brought back by the absorber rule (its
     row is like latent 0's, which is what made it a guest: on the synthetic trees the two rules
     undid each other every few windows), but is by co-firing, which it does though free to fire
-    anywhere; from then on the guest rule leaves it under latent 0."""
+    anywhere; from then on the guest rule leaves it under latent 0. (Latent 0 has no parent
+    for it to fire inside: the next test.)"""
     sae, labels = labelled([4, 8])
     placement = Placement([4, 8], sae.latent_parents())
     tokens = 4000
@@ -475,6 +476,47 @@ def test_a_guest_goes_back_under_its_host_only_by_cofiring_and_then_stays():
     assert int(labels()[4]) == 4 or int(labels()[5]) == 4
     for _ in range(SETTLE_WINDOWS + 2):  # a guest by the use rule again, and it stays
         assert window(slice(100, 200), weak=True) == 0
+
+
+
+@pytest.mark.parametrize("inside_root", [True, False])
+def test_a_grandchild_sent_up_as_a_guest_goes_back_once_settled_if_it_fires_inside_the_root(inside_root):
+    """A grandchild whose row took in part of its parent's (latent 4 of tier 2) looks like a
+    guest of it and is sent up to tier 1. Free to fire anywhere, it still fires inside the
+    root (latent 0, latent 4's parent), as an independent feature hosted there would not: after
+    SETTLE_WINDOWS windows free, the absorber rule brings it back under latent 4 (on the
+    synthetic tree [6, 4, 2], four of the six missed edges of seed 7 were such grandchildren,
+    left in tier 1). The independent feature stays in tier 1."""
+    sae, labels = labelled([4, 8, 16])
+    placement = Placement([4, 8, 16], sae.latent_parents())
+    tokens = 4000
+
+    def window(guest: slice, host_on_guest: slice, weak: bool) -> int:
+        where = int((labels() == 12).nonzero())  # the grandchild, wherever it is now
+        codes = torch.zeros(tokens, 28)
+        codes[:400, 0] = 1.0  # the root
+        codes[:100, 4] = 1.0  # its children, in both of its slots
+        codes[200:300, 5] = 1.0
+        codes[guest, where] = 1.0
+        codes[host_on_guest, 4] = 0.1 if weak else 1.0
+        placement.record(codes, torch.zeros(tokens, 8), torch.full((28, 8), 8**-0.5))
+        moves = placement.regraft(sae, share=0.5)
+        placement.reset()
+        return moves
+
+    assert window(slice(100, 200), slice(100, 200), weak=True) == 1  # a guest of latent 4: up
+    up = int((labels() == 12).nonzero())
+    assert up < 4
+    with torch.no_grad():  # its row half along latent 4's
+        sae.W_dec[up] = 0.5 * sae.W_dec[4] + 0.75**0.5 * sae.W_dec[up]
+    # Free, it fires with latent 4 on 0.3 of its tokens: enough for the absorber rule, not
+    # for co-firing; inside the root on all of them, or outside it.
+    guest, host = (slice(100, 200), slice(100, 130)) if inside_root else (slice(1000, 1100), slice(1000, 1030))
+    for _ in range(SETTLE_WINDOWS):
+        assert window(guest, host, weak=False) == 0 and int(labels()[up]) == 12
+    assert window(guest, host, weak=False) == int(inside_root)
+    back = int((labels() == 12).nonzero())
+    assert (back in (12, 13)) == inside_root and (back == up) != inside_root
 
 
 def absorber_case(absorbed: float | None) -> tuple[TreeHSAE, int]:
