@@ -185,7 +185,6 @@ def test_killed_harvest_leaves_no_usable_cache(tmp_path, llama_dir, corpus_file)
     assert [p.name.startswith(".tmp-") for p in activations_dir(tmp_path).iterdir()] == [False]
 
 
-
 def test_a_harvest_removes_only_this_machine_s_dead_leftovers(tmp_path):
     """A cache on a shared filesystem holds other machines' harvests in progress, whose process
     ids mean nothing here: a harvest removes the directories of this machine's dead harvests

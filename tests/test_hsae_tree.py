@@ -478,7 +478,6 @@ def test_a_guest_goes_back_under_its_host_only_by_cofiring_and_then_stays():
         assert window(slice(100, 200), weak=True) == 0
 
 
-
 @pytest.mark.parametrize("inside_root", [True, False])
 def test_a_grandchild_sent_up_as_a_guest_goes_back_once_settled_if_it_fires_inside_the_root(inside_root):
     """A grandchild whose row took in part of its parent's (latent 4 of tier 2) looks like a

@@ -15,8 +15,9 @@ CPU the harvest, not the disk, is the bottleneck.
 
 Atomicity: an entry is written into a private temporary directory, the manifest last (temp file
 + ``os.replace``), then the directory is renamed into place. A harvest that is killed leaves only
-a ``.tmp-*`` directory, which no lookup reads and the next harvest on the same machine removes. Entries are never
-modified after publication, so concurrent readers (several ranks, several runs) are safe.
+a ``.tmp-*`` directory, which no lookup reads and the next harvest on the same machine removes.
+Entries are never modified after publication, so concurrent readers (several ranks, several
+runs) are safe.
 
 Integrity: the manifest records each shard's size and sha256, checked once per process when the
 entry is looked up. A damaged entry (unreadable or incomplete manifest, a shard missing,
