@@ -10,18 +10,20 @@ os.environ.pop("SAEZOO_BLOCK_PLUGINS", None)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from saezoo import plugins  # noqa: E402
+from saezoo.cpu_share import cores  # noqa: E402
+
 # Under pytest-xdist (the suite's -n in pyproject.toml) each worker is a process of its own,
 # and torch would give each one thread per core: two workers on 2 cores would run four OpenMP
 # threads, which wait for each other (saezoo/cpu_share.py says why that is slow). Each worker
 # takes its share of the cores, and the CLI subprocesses it starts inherit it.
 if "PYTEST_XDIST_WORKER" in os.environ and "OMP_NUM_THREADS" not in os.environ:
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))
-
-import pytest  # noqa: E402
-
-from saezoo import plugins  # noqa: E402
+    share = max(1, cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(share)
+    torch.set_num_threads(share)  # torch was imported before the variable was set
 
 
 @pytest.fixture(autouse=True)

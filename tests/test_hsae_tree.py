@@ -515,7 +515,7 @@ def test_a_grandchild_sent_up_as_a_guest_goes_back_once_settled_if_it_fires_insi
         assert window(guest, host, weak=False) == 0 and int(labels()[up]) == 12
     assert window(guest, host, weak=False) == int(inside_root)
     back = int((labels() == 12).nonzero())
-    assert (back in (12, 13)) == inside_root and (back == up) != inside_root
+    assert back in (12, 13) if inside_root else back == up  # under latent 4 again, or still free
 
 
 def absorber_case(absorbed: float | None) -> tuple[TreeHSAE, int]:

@@ -295,11 +295,7 @@ class Placement:
             & w.lift
             & (fires >= MIN_FIRES).unsqueeze(1)
         )
-        # A latent sent up as a guest comes back under the latent it left only when, free to fire
-        # anywhere for SETTLE_WINDOWS, it still fires inside that latent's parent: a grandchild
-        # that took in its parent's direction does, an independent feature it hosted does not.
-        settled = (self.settling[start : start + width] == 0).unsqueeze(1)
-        candidate &= ~self._evicted(tier) | (settled & self._inside_parent(w, tier, share))
+        candidate &= ~self._kept_apart(w, tier, share)
         # Not its own parent: gating already trains the parent's direction out of the row.
         own = self.parents[start : start + width] - lo
         inside = (own >= 0) & (own < hi - lo)
@@ -320,23 +316,22 @@ class Placement:
             moved += 1
         return moved
 
-    def _inside_parent(self, w: Window, tier: int, share: float) -> Tensor:
-        """[a, b]: latent a of ``tier`` fires inside b's parent, on ``share`` of its tokens at a
-        lift of MIN_LIFT (False where b's parent is not among the holders counted)."""
-        lo, hi = self.holders[tier]
-        up = self.parents[lo:hi] - lo
-        cols = ((up >= 0) & (up < hi - lo)).nonzero().flatten()
-        out = torch.zeros_like(w.lift)
-        out[:, cols] = (w.together[:, up[cols]] >= share) & w.lift[:, up[cols]]
-        return out
-
-    def _evicted(self, tier: int) -> Tensor:
-        """[a, b]: latent a of ``tier`` was last sent up as a guest of latent b, or b of a."""
+    def _kept_apart(self, w: Window, tier: int, share: float) -> Tensor:
+        """[a, b]: pairs the absorber rule may not join. Latent a of ``tier`` was last sent up as
+        a guest of latent b, or b of a (their rows' likeness is what let one host the other),
+        unless a, free for SETTLE_WINDOWS windows, still fires inside b's parent (on ``share``
+        of its tokens at lift MIN_LIFT): a grandchild that took in its parent's direction does,
+        an independent feature its host held does not (the module docstring)."""
         start, (lo, hi) = self.starts[tier], self.holders[tier]
         mine = slice(start, start + self.widths[tier])
         a_of_b = self.evicted_by[mine].unsqueeze(1) == self.identity[lo:hi].unsqueeze(0)
         b_of_a = self.evicted_by[lo:hi].unsqueeze(0) == self.identity[mine].unsqueeze(1)
-        return a_of_b | b_of_a
+        up = self.parents[lo:hi] - lo  # b's parent among the holders (a column), if it is one
+        cols = ((up >= 0) & (up < hi - lo)).nonzero().flatten()
+        inside = torch.zeros_like(w.lift)
+        inside[:, cols] = (w.together[:, up[cols]] >= share) & w.lift[:, up[cols]]
+        settled = (self.settling[mine] == 0).unsqueeze(1)
+        return (a_of_b | b_of_a) & ~(settled & inside)
 
     def _window(self, tier: int) -> Window:
         """The window's counts that both moving-down rules read, for the latents of ``tier``
