@@ -260,7 +260,7 @@ class Placement:
             # slots on the tree [12, 3, 2], where their own parents then found none free.) Where
             # that holder has no free slot, the next may take it.
             candidates = (together[a] >= share).nonzero().flatten()
-            for b in candidates[holder_fires[candidates].argsort(stable=True)].tolist():
+            for b in self._host_last(a_global, lo, candidates[holder_fires[candidates].argsort(stable=True)].tolist()):
                 b_global = lo + b
                 if b_global in self.touched:
                     continue  # moved earlier in this round: the counts describe its old place
@@ -271,6 +271,18 @@ class Placement:
                     moved += 1
                     break
         return moved
+
+    def _host_last(self, latent: int, lo: int, holders: list[int]) -> list[int]:
+        """``holders`` (offsets from ``lo``) with the one ``latent`` was sent up from as a guest
+        moved last, if another holds it that is not that one's parent."""
+        host = [b for b in holders if int(self.identity[lo + b]) == int(self.evicted_by[latent])]
+        if not host:
+            return holders
+        up = int(self.parents[lo + host[0]])
+        others = [b for b in holders if b != host[0] and lo + b != up]
+        if not others:
+            return holders
+        return [b for b in holders if b != host[0]] + host
 
     def _move_absorbers(self, sae: nn.Module, tier: int, share: float) -> int:
         """Latents of ``tier`` that took in the direction of a latent they fire with go under
