@@ -519,41 +519,52 @@ def test_a_grandchild_sent_up_as_a_guest_goes_back_once_settled_if_it_fires_insi
 
 
 @pytest.mark.parametrize(
-    "host, guest, other, other_tokens, home",
+    "host, guest, other, other_tokens, incumbent, home",
     [
-        (0, 4, 1, [(100, 200), (400, 1000)], {7}),  # another root: into its free slot 7
-        (4, 12, 0, [(0, 600)], {12, 13}),  # the host's own parent: back under the host
+        (0, 4, 1, [(100, 200), (400, 1000)], 0, {7}),  # another root: into its free slot 7
+        (0, 4, 1, [(100, 200), (400, 1000)], 60, {7}),  # ...or from a latent that fires less often
+        (4, 12, 0, [(0, 600)], 0, {12, 13}),  # the host's own parent: back under the host
     ],
 )
-def test_a_guest_inside_its_host_and_another_latent_goes_under_the_other(host, guest, other, other_tokens, home):
-    """A latent sent up as a guest of ``host`` and, free, firing inside it and inside
-    ``other`` goes under ``other``: the host fired on its tokens only to let it fire (on the
-    synthetic tree [6, 4, 2], seed 5, a latent of tier 1 stood for an independent feature and
-    for a child of root 0, whose subtree, sent up from it as guests, went back under it by
-    co-firing, the more specific holder, and never under root 0). Unless ``other`` is the
-    host's parent: then the latent is a grandchild that took in its parent's direction (the
-    test above), and the more specific holder, the host, is its place."""
+def test_a_guest_inside_its_host_and_another_latent_goes_under_the_other(
+    host, guest, other, other_tokens, incumbent, home
+):
+    """A latent sent up as a guest of ``host`` that, free, fires inside it and inside
+    ``other`` goes under ``other``, even into a slot whose latent fires more than half as
+    often as it (that latent takes the guest's place in tier 1): the host fired on its
+    tokens only to let it fire. On the synthetic tree [6, 4, 2], seed 5, a latent of tier 1
+    stood for an independent feature and for a child of root 0, whose latents, sent up from
+    it as guests, went back under it (the more specific holder) for want of a slot of root
+    0's that fired less than half as often. Unless ``other`` is the host's parent: then the
+    latent is a grandchild that took in its parent's direction (the test above), and the
+    host is its place."""
     sae, labels = labelled([4, 8, 16])
     placement = Placement([4, 8, 16], sae.latent_parents())
     tokens = 4000
 
+    def at(label: int) -> int:
+        return int((labels() == label).nonzero())
+
     def window(weak: bool) -> int:
-        where = int((labels() == guest).nonzero())  # the guest, wherever it is now
         codes = torch.zeros(tokens, 28)
         codes[:300, host] = 1.0
         codes[100:200, host] = 0.1 if weak else 1.0
-        codes[100:200, where] = 1.0
+        codes[100:200, at(guest)] = 1.0
         for lo, hi in other_tokens:
             codes[lo:hi, other] = 1.0
-        codes[400:450, 6] = 1.0  # latent 1's child: its slot 7 is the free one
+        codes[400:480, 6] = 1.0  # latent 1's children: slot 7 is its least used
+        codes[500 : 500 + incumbent, at(7)] = 1.0
         placement.record(codes, torch.zeros(tokens, 8), torch.full((28, 8), 8**-0.5))
         moves = placement.regraft(sae, share=0.5)
         placement.reset()
         return moves
 
-    assert window(weak=True) == 1 and int((labels() == guest).nonzero()) < 4  # a guest: up to tier 1
+    assert window(weak=True) == 1 and at(guest) < 4  # a guest: up to tier 1
+    up = at(guest)
     assert window(weak=False) == 1  # free, it fires inside the host and inside the other
-    assert int((labels() == guest).nonzero()) in home
+    assert at(guest) in home
+    if incumbent:
+        assert at(7) == up  # the latent it took the slot from has its place in tier 1
 
 
 def absorber_case(absorbed: float | None) -> tuple[TreeHSAE, int]:
