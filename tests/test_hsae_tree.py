@@ -567,6 +567,39 @@ def test_a_guest_inside_its_host_and_another_latent_goes_under_the_other(
         assert at(7) == up  # the latent it took the slot from has its place in tier 1
 
 
+@pytest.mark.parametrize("grandchild, like_row, takes", [("inside", False, True), ("part", True, True), ("part", False, False)])
+def test_a_child_takes_its_slot_from_its_own_child_which_goes_under_it(grandchild, like_row, takes):
+    """Child latent 1 fires inside root 0, whose slots are in use: slot 4 by a sibling that
+    fires as often as it, slot 5 by latent 5, which fires more than half as often. Latent 5
+    fires inside latent 1 (or on 0.3 of its tokens, with a row like latent 1's): it is latent
+    1's own child, holding the slot latent 1 needs. Latent 1 takes the slot and latent 5 goes
+    under it (on the synthetic tree [6, 4, 2], children left in tier 1 while their own child
+    held their root's slot were the most common miss of sessions 27-31). A latent that fires
+    inside latent 1 on 0.3 of its tokens, with a row of its own, keeps its slot."""
+    sae, labels = labelled([4, 8, 16])
+    placement = Placement([4, 8, 16], sae.latent_parents())
+    codes = torch.zeros(4000, 28)
+    codes[:600, 0] = 1.0  # the root
+    codes[:100, 1] = 1.0  # its child, in tier 1
+    codes[400:500, 4] = 1.0  # a sibling in the root's first slot
+    if grandchild == "inside":
+        codes[:60, 5] = 1.0
+    else:
+        codes[82:100, 5] = codes[500:542, 5] = 1.0  # 18 of its 60 tokens inside latent 1
+    if like_row:
+        with torch.no_grad():
+            sae.W_dec[5] = 0.5 * sae.W_dec[1] + 0.75**0.5 * sae.W_dec[5]
+    placement.record(codes, torch.zeros(len(codes), 8), torch.full((28, 8), 8**-0.5))
+    assert placement.regraft(sae, share=0.5) == int(takes)
+    label = labels()
+    if takes:
+        # Latent 1 in the slot, latent 5 in slot 5's first child slot (14), and what was
+        # there in tier 1.
+        assert label[5] == 1 and label[14] == 5 and label[1] == 14
+    else:
+        assert label.tolist() == list(range(28))
+
+
 def absorber_case(absorbed: float | None) -> tuple[TreeHSAE, int]:
     """Root 0 holds children 4 and 5 (both slots in use); latent 1 of tier 1 fires inside root
     0 and with child 4 on 0.35 of its tokens (too few for the co-firing rule). Child 4 fires

@@ -54,6 +54,17 @@ the least used slot of another from any latent that fires less often than it; th
 its place in tier 1, free to find its own. On seed 5 the latent then stood for the independent
 feature alone.
 
+A child may also find every slot of its parent in use, one of them by its own child (a
+grandchild that reached its root's slot first, while the child sat in tier 1): a slot is free
+only if its latent fires less than half as often as the newcomer, and a grandchild fires about
+half as often as its parent. The child then stays in tier 1 and the grandchild in its root's
+slot for good, the most common miss on the synthetic tree [6, 4, 2] in sessions 27-31. So a
+latent that finds no free slot under any holder takes a slot of one of them whose latent fires
+less often than it and inside it (on ``regraft_share`` of that latent's tokens) or with a row
+like its own (cosine >= ``ABSORB_COS``), at lift ``MIN_LIFT``, and that latent goes under it.
+Session 28 tried such a rule alone, and it cost other seeds; with the rule for guests above it
+did not (plugins/saezoo_hsae/NOTEBOOK.md, session 31).
+
 Counting co-firing costs tokens x (active latents of the tier)^2 per step, a scatter into a
 ``[width_i, width_i]`` table per tier that has children; nothing per step is width^2.
 """
@@ -282,7 +293,42 @@ class Placement:
                     self.place(sae, tier, a_global, b_global, slot)
                     moved += 1
                     break
+            else:
+                moved += self._take_from_own_child(sae, tier, a, ordered, share)
         return moved
+
+    def _take_from_own_child(self, sae: nn.Module, tier: int, a: int, holders: list[int], share: float) -> int:
+        """Latent ``a`` of ``tier`` found no free slot under its ``holders`` (offsets, the most
+        specific first): it takes a slot of one of them in its own tier whose latent fires
+        less often than it and inside it (on ``share`` of its tokens) or with a row like its
+        own (``ABSORB_COS``), at lift MIN_LIFT, and that latent goes under it, into its least
+        used slot (the module docstring, on a child whose own child holds its slot)."""
+        start, lo = self.starts[tier], self.holders[tier][0]
+        if tier + 2 >= len(self.widths):
+            return 0  # the co-firing table has no column for a slot of its tier's latents
+        a_global, fires = start + a, self.fires
+        for b in holders:
+            b_global = lo + b
+            if b_global in self.touched or self.tier_of(b_global) != tier:
+                continue
+            for s in self.children(tier, b_global).tolist():
+                if s in self.touched or fires[s] >= fires[a_global] or fires[s] < MIN_FIRES:
+                    continue
+                inside = float(self.cofires[tier][a, s - lo]) / float(fires[s])  # P(a fires | s fires)
+                if inside < MIN_LIFT * float(fires[a_global]) / max(self.tokens, 1):
+                    continue
+                if inside < share and float(self.rows[s] @ self.rows[a_global]) < ABSORB_COS:
+                    continue
+                self.move(sae, tier, a_global, tier + 1, s)  # a takes the slot; its latent comes up...
+                self.settling[s] = SETTLE_WINDOWS + 1
+                separate(sae, s, b_global)
+                block = self.children(tier + 1, s)
+                least = int(block[fires[block].argmin()])
+                self.move(sae, tier, a_global, tier + 2, least)  # ...and goes under a
+                self.settling[least] = SETTLE_WINDOWS + 1
+                separate(sae, least, s)
+                return 1
+        return 0
 
     def _tried(self, latent: int, lo: int, holders: list[int]) -> list[tuple[int, float]]:
         """The ``holders`` of ``latent`` (offsets from ``lo``, the most specific first) in the
