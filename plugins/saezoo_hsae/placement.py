@@ -319,14 +319,9 @@ class Placement:
                     continue
                 if inside < share and float(self.rows[s] @ self.rows[a_global]) < ABSORB_COS:
                     continue
-                self.move(sae, tier, a_global, tier + 1, s)  # a takes the slot; its latent comes up...
-                self.settling[s] = SETTLE_WINDOWS + 1
-                separate(sae, s, b_global)
+                self.place(sae, tier, a_global, b_global, s)  # a takes the slot; its latent comes up...
                 block = self.children(tier + 1, s)
-                least = int(block[fires[block].argmin()])
-                self.move(sae, tier, a_global, tier + 2, least)  # ...and goes under a
-                self.settling[least] = SETTLE_WINDOWS + 1
-                separate(sae, least, s)
+                self.place(sae, tier, a_global, s, int(block[fires[block].argmin()]))  # ...and goes under a
                 return 1
         return 0
 
