@@ -60,7 +60,8 @@ from common import markdown_table  # noqa: E402
 # 8000; session 26): placement's last windows after the prefix losses stop move latents that
 # only later windows put back, and 4000 steps leave four such windows. [6, 4, 2] needs 16,000
 # (seeds 0-5: 3 of 6 at 4000, 4 of 6 at 12,000, 5 of 6 at 16,000; sessions 24, 25 and 28; 7 of
-# seeds 0-9 at 16,000 before session 29's rule for guests, 9 of 10 with it; session 30): its
+# seeds 0-9 at 16,000 before session 29's rule for guests, 9 of 10 with it, 10 of 10 with
+# session 31's rules for full slots; sessions 30-32): its
 # rotated child/grandchild pairs leave slowly. hierarchy_answer.py trains its synthetic
 # comparisons for these steps too.
 SHAPES = {(8, 4, 3): 4000, (12, 3, 2): 8000, (10, 3, 3): 6000, (6, 4, 2): 16000, (4, 3, 2): 8000, (8, 3): 8000}
