@@ -169,7 +169,7 @@ class CacheWriter:
         self.root = activations_dir(cache_dir)
         self.key = key
         self.name = key_hash(key)
-        self.tmp = self.root / f"{_TMP_PREFIX}{self.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tmp = self.root / _tmp_name(self.name)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             _remove_stale_tmp(self.root)
@@ -230,6 +230,24 @@ class CacheWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _tmp_name(name: str) -> str:
+    """The temporary directory of this process's harvest of entry ``name``:
+    ``.tmp-<key hash>-<host>-<pid>-<random>`` (:func:`_tmp_owner` reads it back)."""
+    return f"{_TMP_PREFIX}{name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _tmp_owner(tmp: str) -> tuple[str, int] | None:
+    """The host and process id in a name from :func:`_tmp_name`; the host is "" in a name from
+    before the host was part of it (``.tmp-<key hash>-<pid>-<random>``). None for a name that
+    is neither."""
+    _, _, rest = tmp[len(_TMP_PREFIX) :].partition("-")
+    host, _, pid = rest.rpartition("-")[0].rpartition("-")
+    try:
+        return host, int(pid)
+    except ValueError:
+        return None
+
+
 def _remove_stale_tmp(root: Path) -> None:
     """Remove the temporary directories of harvests whose process is gone (killed, crashed).
     Only this machine's: a cache on a shared filesystem also holds other machines' harvests in
@@ -237,14 +255,8 @@ def _remove_stale_tmp(root: Path) -> None:
     of the name counts as this machine's)."""
     here = socket.gethostname()
     for path in root.glob(f"{_TMP_PREFIX}*"):
-        # <key hash>-<host>-<pid>-<random> (<key hash>-<pid>-<random> before the host)
-        _, _, rest = path.name[len(_TMP_PREFIX) :].partition("-")
-        host, _, pid = rest.rpartition("-")[0].rpartition("-")
-        try:
-            pid = int(pid)
-        except ValueError:
-            continue
-        if host in ("", here) and not _alive(pid):
+        owner = _tmp_owner(path.name)
+        if owner is not None and owner[0] in ("", here) and not _alive(owner[1]):
             shutil.rmtree(path, ignore_errors=True)
 
 
