@@ -294,10 +294,12 @@ class Placement:
                     moved += 1
                     break
             else:
-                moved += self._take_from_own_child(sae, tier, a, ordered, share)
+                moved += self._take_from_own_child(sae, tier, a, ordered, share, w)
         return moved
 
-    def _take_from_own_child(self, sae: nn.Module, tier: int, a: int, holders: list[int], share: float) -> int:
+    def _take_from_own_child(
+        self, sae: nn.Module, tier: int, a: int, holders: list[int], share: float, w: Window
+    ) -> int:
         """Latent ``a`` of ``tier`` found no free slot under its ``holders`` (offsets, the most
         specific first): it takes a slot of one of them in its own tier whose latent fires
         less often than it and inside it (on ``share`` of its tokens) or with a row like its
@@ -314,9 +316,9 @@ class Placement:
             for s in self.children(tier, b_global).tolist():
                 if s in self.touched or fires[s] >= fires[a_global] or fires[s] < MIN_FIRES:
                     continue
-                inside = float(self.cofires[tier][a, s - lo]) / float(fires[s])  # P(a fires | s fires)
-                if inside < MIN_LIFT * float(fires[a_global]) / max(self.tokens, 1):
+                if not w.lift[a, s - lo]:  # (lift is symmetric: a fires far more often with s, too)
                     continue
+                inside = float(self.cofires[tier][a, s - lo]) / float(fires[s])  # P(a fires | s fires)
                 if inside < share and float(self.rows[s] @ self.rows[a_global]) < ABSORB_COS:
                     continue
                 self.place(sae, tier, a_global, b_global, s)  # a takes the slot; its latent comes up...
