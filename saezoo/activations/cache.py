@@ -256,7 +256,10 @@ def _remove_stale_tmp(root: Path) -> None:
     here = socket.gethostname()
     for path in root.glob(f"{_TMP_PREFIX}*"):
         owner = _tmp_owner(path.name)
-        if owner is not None and owner[0] in ("", here) and not _alive(owner[1]):
+        if owner is None:
+            continue
+        host, pid = owner
+        if host in ("", here) and not _alive(pid):
             shutil.rmtree(path, ignore_errors=True)
 
 
